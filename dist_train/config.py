@@ -1,0 +1,266 @@
+"""One typed schema for every run: defaults < YAML file < dotted command-line overrides.
+
+The schema is a tree of dataclasses; OmegaConf does the merging and the type
+checks, this module turns its errors into one-line messages that name the key
+and, for a misspelt key, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from dist_train.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are batched."""
+
+    dataset: Literal["synthetic", "cifar10", "cifar100", "mnist", "imagefolder"] = "synthetic"
+    """Which reader to use."""
+    root: str = ""
+    """Dataset directory: the CIFAR python-pickle folder, the MNIST IDX folder, or an
+    ImageFolder tree (``train/`` and optionally ``val/``). Unused for ``synthetic``."""
+    download: bool = False
+    """Download CIFAR/MNIST into ``root`` with torchvision when files are missing."""
+    batch_size: int = 128
+    """Global number of distinct samples per optimizer step (over all workers and
+    accumulation steps)."""
+    eval_batch_size: int = 0
+    """Global evaluation batch size; 0 means ``batch_size``."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 loads in the training process)."""
+    augment: bool = True
+    """Apply the dataset's standard training augmentation (pad-crop + flip for
+    CIFAR-like data, random-resized-crop + flip for ImageFolder, none for MNIST)."""
+    val_fraction: float = 0.2
+    """Share of the training files held out for validation when the dataset has no
+    validation split of its own (e.g. MNIST given only one IDX pair)."""
+    split_seed: int = 0
+    """Seed of that held-out split (fixed, independent of ``seed``)."""
+    image_size: int = 0
+    """Training crop size for ImageFolder (0 = 224) and side of synthetic images (0 = 32)."""
+    synthetic_train_size: int = 5000
+    """Number of synthetic training images."""
+    synthetic_val_size: int = 1000
+    """Number of synthetic validation images."""
+    synthetic_classes: int = 10
+    """Number of synthetic classes."""
+
+
+@dataclass
+class ModelConfig:
+    """The network."""
+
+    name: str = "c1"
+    """mnist_f1, c1, resnet20/32/44/56/110, wrn{depth}_{k} (e.g. wrn16_4), or any
+    torchvision classification model (e.g. resnet50)."""
+    width: int = 0
+    """Base channel width for c1 / hidden width for mnist_f1; 0 = the model's default."""
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    """Peak learning rate (reached after warm-up)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """Nesterov momentum (SGD)."""
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    decay_bn_and_bias: bool = True
+    """Apply weight decay to BatchNorm parameters and biases too (false excludes them)."""
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule, per optimizer step."""
+
+    name: Literal["constant", "step", "cosine"] = "step"
+    milestones: list[float] = field(default_factory=list)
+    """Epochs at which ``step`` multiplies the lr by ``gamma``."""
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    """Linear warm-up from ``warmup_start_factor``·lr to lr over this many epochs."""
+    warmup_steps: int = 0
+    """Warm-up length in optimizer steps (takes precedence over ``warmup_epochs``)."""
+    warmup_start_factor: float = 0.0
+    min_lr_factor: float = 0.0
+    """Final lr of ``cosine`` as a fraction of the peak lr."""
+
+
+@dataclass
+class TrainConfig:
+    """The loop."""
+
+    epochs: int = 10
+    grad_clip_norm: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step (emulates a larger batch)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocasts forward passes (CUDA; on CPU it is allowed but slow)."""
+    channels_last: bool = False
+    """Use channels_last memory format for 4-D activations (a CUDA speed-up)."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    eval_every: int = 1
+    """Evaluate every N epochs (and always after the last)."""
+    log_every: int = 20
+    """Log step metrics every N optimizer steps."""
+    deterministic: bool = False
+    """Ask for deterministic kernels (cuDNN); CPU runs are deterministic anyway."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpointing."""
+
+    every_epochs: int = 1
+    """Write ``checkpoints/last.pt`` every N epochs (and after the last); 0 = only at the end."""
+
+
+@dataclass
+class DistConfig:
+    """torch.distributed settings."""
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """auto: nccl on CUDA, gloo on CPU."""
+    timeout_s: int = 600
+    """Collective timeout in seconds."""
+    sync_buffers: bool = True
+    """Let DDP copy rank 0's buffers (BN running statistics) to every rank at each forward."""
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    name: str = ""
+    """Run name; the run directory is ``out_dir/name``. Empty: the config file's stem."""
+    out_dir: str = "runs"
+    """Parent of run directories (shared between nodes in multi-node jobs)."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available, else CPU."""
+    resume: str = "auto"
+    """auto: continue from the run directory's last checkpoint if there is one;
+    never: start fresh (fails if the run directory already holds a checkpoint);
+    or a checkpoint path."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+def _valid_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a dataclass schema, e.g. ``optim.lr``."""
+    keys = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        if is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
+            sub = globals()[f.type] if isinstance(f.type, str) else f.type
+            keys.extend(_valid_keys(sub, f"{key}."))
+    return keys
+
+
+def _closest(key: str) -> str:
+    matches = difflib.get_close_matches(key, _valid_keys(Config), n=1, cutoff=0.5)
+    return f"; did you mean '{matches[0]}'?" if matches else ""
+
+
+def _explain(error: OmegaConfBaseException, source: str, key_hint: str = "") -> ConfigError:
+    """Turn an OmegaConf error into a one-line ConfigError naming the key."""
+    key = key_hint or getattr(error, "full_key", None) or ""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, ConfigKeyError):
+        return ConfigError(f"{source}: unknown config key '{key}'{_closest(key)}")
+    return ConfigError(f"{source}: bad value for '{key}': {message}")
+
+
+def parse_overrides(overrides: list[str]) -> list[str]:
+    """Check that every override has the form ``dotted.key=value``."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
+            raise ConfigError(f"bad override '{item}': expected dotted.key=value, e.g. optim.lr=0.2")
+    return overrides
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build the typed config from defaults, a YAML file and ``key=value`` overrides."""
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        try:
+            merged.merge_with(OmegaConf.create(loaded))
+        except OmegaConfBaseException as e:
+            raise _explain(e, str(path)) from None
+    for item in parse_overrides(list(overrides)):
+        try:
+            merged.merge_with(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, f"override '{item}'", item.partition("=")[0]) from None
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    if not config.name:
+        config.name = Path(path).stem if path is not None else "run"
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that types alone cannot express."""
+    positive = {
+        "data.batch_size": config.data.batch_size,
+        "train.epochs": config.train.epochs,
+        "train.grad_accum_steps": config.train.grad_accum_steps,
+        "train.eval_every": config.train.eval_every,
+        "train.log_every": config.train.log_every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
+    if not 0.0 <= config.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    if config.data.dataset != "synthetic" and not config.data.root:
+        raise ConfigError(f"data.root is required for data.dataset={config.data.dataset}")
+    if sorted(config.schedule.milestones) != list(config.schedule.milestones):
+        raise ConfigError(f"schedule.milestones must be increasing, got {config.schedule.milestones}")
+    if "/" in config.name or config.name in {"", ".", ".."}:
+        raise ConfigError(f"name must be a plain directory name, got '{config.name}'")
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML (what is written to the run directory)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain nested dicts."""
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]

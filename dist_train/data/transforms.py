@@ -1,0 +1,57 @@
+"""torchvision.transforms.v2 pipelines on uint8 C×H×W tensors, from one table of per-dataset settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+from dist_train.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one dataset is augmented and normalised."""
+
+    crop: str
+    """Training crop: ``"pad"`` (RandomCrop with 4-pixel padding), ``"resized"``
+    (RandomResizedCrop) or ``"none"``."""
+    resize_eval: bool
+    """Evaluate on Resize(size·256/224) + CenterCrop(size) (images of varying size)."""
+    flip: bool
+    """Random horizontal flips in training."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+RECIPES: dict[str, Recipe] = {
+    "cifar10": Recipe("pad", False, True, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": Recipe("pad", False, True, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "synthetic": Recipe("pad", False, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "mnist": Recipe("none", False, False, (0.1307,), (0.3081,)),
+    "imagefolder": Recipe("resized", True, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def build_transform(dataset: str, image_size: int, train: bool, augment: bool = True) -> v2.Compose:
+    """The pipeline for ``dataset``: uint8 C×H×W in, normalised float32 C×image_size×image_size out.
+
+    Random steps are used only when ``train`` and ``augment`` are both true; a training pipeline
+    without augmentation is the evaluation pipeline.
+    """
+    if dataset not in RECIPES:
+        raise ConfigError(f"no transforms for dataset '{dataset}'; known: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[dataset]
+    random = train and augment
+    steps: list[torch.nn.Module] = []
+    if random and recipe.crop == "resized":
+        steps.append(v2.RandomResizedCrop(image_size, antialias=True))
+    elif recipe.resize_eval:
+        steps += [v2.Resize(int(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
+    if random and recipe.crop == "pad":
+        steps.append(v2.RandomCrop(image_size, padding=4))
+    if random and recipe.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(recipe.mean), list(recipe.std))]
+    return v2.Compose(steps)

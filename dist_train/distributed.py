@@ -1,0 +1,139 @@
+"""Where am I running, and the process group around it.
+
+Reads the environment that torchrun (or SLURM via submitit, which exports the
+same variables) sets up; with none of it, the run is a single process. NCCL is
+used with CUDA, gloo on CPU. Collectives here are no-ops when running alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from dist_train.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0: the only process that writes logs, TensorBoard and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def restart_count() -> int:
+    """How many times the job was restarted (torchrun elastic restarts or SLURM requeues)."""
+    return max(_env_int("TORCHELASTIC_RESTART_COUNT", 0), _env_int("SLURM_RESTART_COUNT", 0))
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available (use device=auto or device=cpu)")
+    index = local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def pick_backend(preference: str, device: torch.device) -> str:
+    if preference != "auto":
+        if preference == "nccl" and device.type != "cuda":
+            raise ConfigError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo on CPU")
+        return preference
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _store_for_this_attempt(timeout: timedelta) -> dist.Store:
+    """The env:// rendezvous store, under a prefix unique to this restart.
+
+    torchrun keeps one store across ``--max-restarts`` restarts; without the
+    prefix, restarted gloo workers can read the addresses the killed workers
+    published and fail to connect.
+    """
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"dist_train/attempt_{restart_count()}/", store)
+
+
+@contextmanager
+def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 600) -> Iterator[DistContext]:
+    """Join the process group described by the environment; always leave it on exit.
+
+    On an exception the group is destroyed before the exception propagates, so
+    the peers' pending collectives fail fast instead of waiting for the timeout.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    torch_device = pick_device(device, local_rank)
+    chosen = pick_backend(backend, torch_device)
+    context = DistContext(rank, world_size, local_rank, torch_device, chosen)
+    if world_size > 1 and not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group(
+            backend=chosen,
+            store=_store_for_this_attempt(timeout),
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
+            device_id=torch_device if torch_device.type == "cuda" else None,
+        )
+    try:
+        yield context
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place, and return it."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

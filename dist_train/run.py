@@ -1,0 +1,143 @@
+"""Assemble a training run from a config: run directory, data, model, optimizer, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dist_train import checkpoint
+from dist_train.config import Config, to_dict, to_yaml
+from dist_train.data import build_datasets
+from dist_train.data.loader import build_eval_loader, build_train_loader, micro_batch_size
+from dist_train.distributed import DistContext, barrier, distributed, restart_count
+from dist_train.models import build_model
+from dist_train.monitor import Monitor, NullMonitor
+from dist_train.optim import Schedule, build_optimizer, build_scheduler
+from dist_train.trainer import Trainer, seed_everything
+
+
+def configure_backends(cfg: Config, ctx: DistContext) -> None:
+    if cfg.train.deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
+    """Everything a Trainer needs, on every rank; only rank 0 touches the run directory."""
+    micro_batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    resume_from = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
+    state = checkpoint.load(resume_from) if resume_from else None
+    configure_backends(cfg, ctx)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+
+    data = build_datasets(cfg.data)
+    model = build_model(cfg.model.name, data.num_classes, data.in_channels, data.image_size, cfg.model.width)
+    model = model.to(ctx.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    pin = ctx.device.type == "cuda"
+    train_loader = build_train_loader(
+        data.train,
+        micro_batch,
+        cfg.train.grad_accum_steps,
+        ctx.rank,
+        ctx.world_size,
+        cfg.seed,
+        cfg.data.num_workers,
+        pin,
+    )
+    eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
+    val_loader = build_eval_loader(data.val, eval_batch, ctx.rank, ctx.world_size, cfg.data.num_workers, pin)
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = Schedule.from_config(cfg.schedule, train_loader.steps_per_epoch, cfg.train.epochs)
+    scheduler = build_scheduler(optimizer, schedule)
+
+    monitor: Monitor = NullMonitor()
+    if ctx.is_primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        monitor = Monitor(run_dir, resume_step=int(state["step"]) if state else 0)
+    trainer = Trainer(cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, monitor, run_dir)
+    if state is not None:
+        trainer.load_state_dict(state, resume_from)
+        monitor.print(f"resumed from {resume_from} at epoch {trainer.epoch}, step {trainer.step}")
+    parameters = sum(p.numel() for p in model.parameters())
+    monitor.event(
+        trainer.step,
+        "start",
+        resumed_from=str(resume_from) if resume_from else None,
+        restarts=restart_count(),
+        world_size=ctx.world_size,
+        backend=ctx.backend,
+        device=str(ctx.device),
+        parameters=parameters,
+        steps_per_epoch=train_loader.steps_per_epoch,
+    )
+    if not state:
+        monitor.text("config", f"```\n{to_yaml(cfg)}\n```")
+    monitor.print(
+        f"run {run_dir} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | "
+        f"{cfg.model.name} ({parameters / 1e6:.2f}M params) | {len(data.train)} train / {len(data.val)} val | "
+        f"batch {cfg.data.batch_size} ({micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
+        f"{cfg.train.epochs} epochs × {train_loader.steps_per_epoch} steps"
+    )
+    barrier()
+    return trainer
+
+
+def hparams_of(cfg: Config, world_size: int) -> dict[str, Any]:
+    """The hyper-parameters shown in TensorBoard's HPARAMS tab."""
+    return {
+        "model": cfg.model.name,
+        "dataset": cfg.data.dataset,
+        "batch_size": cfg.data.batch_size,
+        "world_size": world_size,
+        "optimizer": cfg.optim.name,
+        "lr": cfg.optim.lr,
+        "weight_decay": cfg.optim.weight_decay,
+        "schedule": cfg.schedule.name,
+        "epochs": cfg.train.epochs,
+        "grad_clip_norm": cfg.train.grad_clip_norm,
+        "grad_accum_steps": cfg.train.grad_accum_steps,
+        "precision": cfg.train.precision,
+        "seed": cfg.seed,
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run (or continue) one training run inside the process group the environment describes."""
+    with distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
+        trainer = build_trainer(cfg, ctx)
+        try:
+            summary = trainer.fit()
+            if ctx.is_primary:
+                summary["config"] = to_dict(cfg)
+                write_json(trainer.run_dir / "summary.json", summary)
+                trainer.monitor.hparams(
+                    hparams_of(cfg, ctx.world_size), {"val/acc": summary["val_acc"], "val/loss": summary["val_loss"]}
+                )
+                trainer.monitor.event(trainer.step, "end", val_acc=summary["val_acc"], steps=trainer.step)
+                trainer.monitor.print(
+                    f"done: val acc {summary['val_acc']:.2%} after {trainer.step} steps "
+                    f"in {summary['train_seconds']:.1f}s; run directory {trainer.run_dir}"
+                )
+            return summary
+        finally:
+            trainer.monitor.close()

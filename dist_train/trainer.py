@@ -1,0 +1,304 @@
+"""The training loop: small methods (train_step, train_epoch, evaluate, fit) that know no paper.
+
+The Trainer's state (model, optimizer, scheduler, counters, RNG states) is
+exactly what a checkpoint holds, so resuming is ``load_state_dict`` and
+nothing else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from dist_train import checkpoint
+from dist_train.config import Config, to_dict
+from dist_train.data.loader import TrainLoader, epoch_seed
+from dist_train.distributed import DistContext, all_gather_objects, all_reduce_sum
+from dist_train.errors import CheckpointError
+from dist_train.monitor import Monitor
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    seconds: float
+    images_per_second: float
+
+
+def ddp_buffer_sync(sync: bool) -> dict[str, bool]:
+    """DDP's switch for copying rank 0's buffers each forward (renamed in newer torch)."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": sync}
+    return {"broadcast_buffers": sync}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains ``model`` data-parallel over the ranks of ``ctx`` as ``cfg`` says."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        ctx: DistContext,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        train_loader: TrainLoader,
+        val_loader: DataLoader,
+        monitor: Monitor,
+        run_dir: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.module = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.monitor = monitor
+        self.run_dir = run_dir
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps taken
+        self.best_accuracy = 0.0
+        self.model = self._wrap(model)
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP across ranks (when there are several), then torch.compile if asked."""
+        wrapped: nn.Module = model
+        if self.ctx.is_distributed:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(
+                model, device_ids=device_ids, **ddp_buffer_sync(self.cfg.dist.sync_buffers)
+            )
+        if self.cfg.train.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / checkpoint.LAST
+
+    @property
+    def total_epochs(self) -> int:
+        return self.cfg.train.epochs
+
+    def _autocast(self) -> Any:
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.ctx.device, non_blocking=True)
+        if self.cfg.train.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.ctx.device, non_blocking=True)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches.
+
+        Returns detached sums (loss × count, correct, count) and the gradient norm
+        (computed only when clipping or logging needs it, else NaN).
+        """
+        accum = self.cfg.train.grad_accum_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.ctx.device)
+        correct = torch.zeros((), device=self.ctx.device, dtype=torch.long)
+        count = 0
+        for index, (images, labels) in enumerate(micro_batches):
+            images, labels = self._to_device(images, labels)
+            last = index == accum - 1
+            skip_sync = self.ctx.is_distributed and not last
+            with self.model.no_sync() if skip_sync else nullcontext():
+                with self._autocast():
+                    logits = self.model(images)
+                    loss = F.cross_entropy(logits, labels)
+                (loss / accum).backward()
+            loss_sum += loss.detach() * labels.numel()
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
+            count += labels.numel()
+        grad_norm = self._clip_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss_sum, correct, torch.tensor(count, device=self.ctx.device), grad_norm
+
+    def _clip_gradients(self) -> torch.Tensor:
+        clip = self.cfg.train.grad_clip_norm
+        if clip > 0 or (self.step + 1) % self.cfg.train.log_every == 0:
+            max_norm = clip if clip > 0 else float("inf")
+            return nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
+        return torch.tensor(float("nan"))
+
+    def _micro_batch_groups(self, epoch: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        batches = self.train_loader.epoch(epoch)
+        accum = self.cfg.train.grad_accum_steps
+        while group := list(islice(batches, accum)):
+            yield group
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        self.model.train()
+        seed_everything(epoch_seed(self.cfg.seed, epoch, self.ctx.rank))
+        totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
+        self.monitor.start_epoch(epoch + 1, self.train_loader.steps_per_epoch)
+        start = time.perf_counter()
+        for group in self._micro_batch_groups(epoch):
+            loss_sum, correct, count, grad_norm = self.train_step(group)
+            totals += torch.stack([loss_sum.double(), correct.double(), count.double()])
+            if self.step % self.cfg.train.log_every == 0:
+                loss = (loss_sum / count).item()
+                values = {"train/step_loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
+                if not torch.isnan(grad_norm):
+                    values["train/grad_norm"] = grad_norm.item()
+                self.monitor.log(self.step, values, epoch=epoch + 1)
+                self.monitor.advance(self.cfg.train.log_every, loss=loss)
+        all_reduce_sum(totals)
+        seconds = time.perf_counter() - start
+        self.monitor.end_epoch()
+        loss_sum, correct, count = totals.tolist()
+        return EpochResult(loss_sum / count, correct / count, seconds, count / seconds)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Loss and accuracy on the whole validation set (each image counted once over all ranks)."""
+        self.module.eval()
+        totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
+        for images, labels in self.val_loader:
+            images, labels = self._to_device(images, labels)
+            with self._autocast():
+                logits = self.module(images)
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+            totals += torch.stack(
+                [loss.double(), (logits.argmax(1) == labels).sum().double(), torch.tensor(labels.numel()).double()]
+            )
+        all_reduce_sum(totals)
+        loss_sum, correct, count = totals.tolist()
+        return loss_sum / count, correct / count
+
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs, evaluating and checkpointing as configured; return the summary."""
+        started = time.perf_counter()
+        first_epoch = self.epoch
+        val_loss, val_accuracy = float("nan"), float("nan")
+        for epoch in range(first_epoch, self.total_epochs):
+            result = self.train_epoch(epoch)
+            self.epoch = epoch + 1
+            values = {
+                "train/loss": result.loss,
+                "train/acc": result.accuracy,
+                "train/epoch_time_s": result.seconds,
+                "train/images_per_s": result.images_per_second,
+            }
+            last = self.epoch == self.total_epochs
+            if last or self.epoch % self.cfg.train.eval_every == 0:
+                val_loss, val_accuracy = self.evaluate()
+                self.best_accuracy = max(self.best_accuracy, val_accuracy)
+                values |= {"val/loss": val_loss, "val/acc": val_accuracy}
+            self.monitor.log(self.step, values, epoch=self.epoch)
+            self.monitor.print(self._epoch_line(values))
+            every = self.cfg.checkpoint.every_epochs
+            if last or (every and self.epoch % every == 0):
+                self.save_checkpoint()
+        if first_epoch == self.total_epochs:
+            val_loss, val_accuracy = self.evaluate()
+        return self._summary(val_loss, val_accuracy, time.perf_counter() - started)
+
+    def _epoch_line(self, values: dict[str, float]) -> str:
+        line = (
+            f"epoch {self.epoch}/{self.total_epochs} step {self.step} | "
+            f"train loss {values['train/loss']:.4f} acc {values['train/acc']:.2%} | "
+        )
+        if "val/acc" in values:
+            line += f"val loss {values['val/loss']:.4f} acc {values['val/acc']:.2%} | "
+        return line + f"{values['train/images_per_s']:.0f} img/s | {values['train/epoch_time_s']:.1f}s"
+
+    def _summary(self, val_loss: float, val_accuracy: float, seconds: float) -> dict[str, Any]:
+        return {
+            "name": self.cfg.name,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "val_loss": val_loss,
+            "val_acc": val_accuracy,
+            "best_val_acc": self.best_accuracy,
+            "world_size": self.ctx.world_size,
+            "batch_size": self.cfg.data.batch_size,
+            "lr": self.cfg.optim.lr,
+            "train_seconds": seconds,
+        }
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly; RNG states of every rank, in rank order."""
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_accuracy": self.best_accuracy,
+            "world_size": self.ctx.world_size,
+            "rng": all_gather_objects(rng_state()),
+            "config": to_dict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
+        try:
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint {source} does not fit this run: {first}") from None
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_accuracy = float(state.get("best_accuracy", 0.0))
+        rng = state.get("rng", [])
+        if len(rng) == self.ctx.world_size:
+            set_rng_state(rng[self.ctx.rank])
+
+    def save_checkpoint(self) -> None:
+        """Collective (gathers RNG states); only rank 0 writes."""
+        state = self.state_dict()
+        if self.ctx.is_primary:
+            checkpoint.atomic_save(state, self.checkpoint_path)

@@ -1,0 +1,84 @@
+"""Helpers for tests that start real processes (torchrun, gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
+
+# A run small enough for CPU tests: synthetic images, a narrow CNN, 2 epochs.
+TINY = [
+    "data.dataset=synthetic",
+    "data.num_workers=0",
+    "data.batch_size=32",
+    "data.synthetic_train_size=512",
+    "data.synthetic_val_size=128",
+    "model.name=c1",
+    "model.width=8",
+    "train.epochs=2",
+    "train.log_every=4",
+    "schedule.name=step",
+    "schedule.milestones=[1.5]",
+    "optim.lr=0.05",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+def torchrun_cmd(nproc: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        *extra,
+    ]
+
+
+def run_cli(args: list[str], nproc: int = 1, timeout: float = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``dist-train ARGS`` alone (nproc=1) or under torchrun with ``nproc`` processes."""
+    prefix = torchrun_cmd(nproc) if nproc > 1 else [sys.executable]
+    cmd = [*prefix, "-m", "dist_train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> Path:
+    """The TINY run, 2 processes, uninterrupted: what resumed and restarted runs must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    result = run_cli(["train", *TINY, f"out_dir={out}", "name=ref"], nproc=2)
+    assert_ok(result)
+    return out / "ref"

@@ -1,0 +1,171 @@
+"""End-to-end runs under torchrun (2 processes, gloo on CPU): accuracy, outputs, resume, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, TINY, assert_ok, free_port, load_weights, read_metrics, run_cli, subprocess_env
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("quickstart")
+    result = run_cli(["train", "--config", "configs/quickstart.yaml", f"out_dir={out}"], nproc=2)
+    assert_ok(result)
+    return out / "quickstart", result
+
+
+def test_quickstart_learns_and_writes_a_run_directory(quickstart):
+    run_dir, result = quickstart
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["val_acc"] >= 0.5, summary  # 10 classes: chance is 0.1
+    assert summary["world_size"] == 2 and summary["steps"] == 6 * 32
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert "model:\n  name: c1" in (run_dir / "config.yaml").read_text()
+    # Only rank 0 writes: one event file, one config, no temporary files.
+    assert len(list((run_dir / "tb").iterdir())) == 1
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "tb",
+    ]
+    assert result.stdout.count("epoch 6/6") == 1
+    # Not a terminal: no progress bar redraws.
+    assert "\r" not in result.stdout + result.stderr and "it/s" not in result.stderr
+
+
+def test_tensorboard_events_read_back(quickstart):
+    run_dir, _ = quickstart
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "train/lr",
+        "train/images_per_s",
+        "train/epoch_time_s",
+        "train/grad_norm",
+        "train/step_loss",
+    }
+    assert expected <= tags
+    val_acc = events.Scalars("val/acc")
+    assert [e.step for e in val_acc] == [32 * (i + 1) for i in range(6)]
+    assert val_acc[-1].value > val_acc[0].value
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert max(lrs) == pytest.approx(0.2, rel=0.05) and lrs[-1] < 0.05  # warm-up then cosine decay
+    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+
+
+def test_metrics_jsonl_matches_tensorboard(quickstart):
+    run_dir, _ = quickstart
+    records = read_metrics(run_dir)
+    assert records[0]["event"] == "start" and records[0]["world_size"] == 2 and records[0]["backend"] == "gloo"
+    assert records[-1]["event"] == "end"
+    epochs = [r for r in records if "val/acc" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert epochs[-1]["val/acc"] == summary["val_acc"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(reference_run, tmp_path):
+    """1 epoch, then resume=auto for the 2nd: the same weights as 2 epochs straight."""
+    args = ["train", *TINY, f"out_dir={tmp_path}", "name=split"]
+    assert_ok(run_cli([*args, "train.epochs=1"], nproc=2))
+    first = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
+    assert first["epoch"] == 1 and len(first["rng"]) == 2
+    result = run_cli(args, nproc=2)
+    assert_ok(result)
+    assert "resumed from" in result.stdout
+    resumed, reference = load_weights(tmp_path / "split"), load_weights(reference_run)
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6, msg=key)
+    steps = [r["step"] for r in read_metrics(tmp_path / "split") if "val/acc" in r]
+    assert steps == [r["step"] for r in read_metrics(reference_run) if "val/acc" in r]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_sigkill_of_a_worker_restarts_and_resumes(reference_run, tmp_path):
+    """torchrun --max-restarts=1: SIGKILL one worker mid-epoch 2; the job resumes from epoch 1's checkpoint."""
+    run_dir = tmp_path / "killed"
+    env = {**subprocess_env(), "NPROC_PER_NODE": "2", "MAX_RESTARTS": "1", "PYTHON": sys.executable}
+    # One record per step so the kill lands inside the epoch; same numerics as the reference run.
+    args = [*TINY, "train.log_every=1", f"out_dir={tmp_path}", "name=killed"]
+    env["TORCHELASTIC_ERROR_FILE"] = str(tmp_path / "error.json")
+    launcher = subprocess.Popen(
+        ["bash", str(REPO / "launch" / "train.sh"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        killed_at = None
+        deadline = time.time() + 120
+        while killed_at is None and time.time() < deadline and launcher.poll() is None:
+            if (run_dir / "metrics.jsonl").exists():
+                steps = [r for r in read_metrics(run_dir) if r.get("epoch") == 2 and "train/step_loss" in r]
+                if steps:
+                    workers = children(launcher.pid)
+                    assert len(workers) == 2, workers
+                    os.kill(workers[-1], signal.SIGKILL)
+                    killed_at = steps[-1]["step"]
+            time.sleep(0.01)
+        output, _ = launcher.communicate(timeout=180)
+    finally:
+        launcher.kill()
+    assert killed_at is not None, "the run ended before epoch 2 started"
+    assert launcher.returncode == 0, output[-4000:]
+    starts = [r for r in read_metrics(run_dir) if r.get("event") == "start"]
+    assert len(starts) == 2 and starts[1]["restarts"] == 1
+    assert starts[1]["resumed_from"].endswith("last.pt") and starts[1]["step"] == 16  # epoch 1's checkpoint
+    summary = json.loads((run_dir / "summary.json").read_text())
+    reference = json.loads((reference_run / "summary.json").read_text())
+    assert summary["steps"] == reference["steps"] == 32
+    weights, expected = load_weights(run_dir), load_weights(reference_run)
+    for key in expected:
+        torch.testing.assert_close(weights[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_two_nodes_with_c10d_rendezvous(tmp_path):
+    """launch/train.sh as two 'nodes' of one process each, meeting at a c10d rendezvous on localhost."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {
+        **subprocess_env(),
+        "NNODES": "2",
+        "NPROC_PER_NODE": "1",
+        "RDZV_ENDPOINT": endpoint,
+        "RDZV_ID": "two-nodes",
+        "PYTHON": sys.executable,
+    }
+    cmd = ["bash", str(REPO / "launch" / "train.sh"), *TINY, "train.epochs=1", f"out_dir={tmp_path}", "name=nodes"]
+    nodes = [
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=180)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    start = next(r for r in read_metrics(tmp_path / "nodes") if r.get("event") == "start")
+    assert start["world_size"] == 2
+    assert json.loads((tmp_path / "nodes" / "summary.json").read_text())["steps"] == 16
