@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import REPO, TINY, assert_ok, free_port, load_weights, read_metrics, run_cli, subprocess_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,11 @@ def test_tensorboard_events_read_back(quickstart):
     assert val_acc[-1].value > val_acc[0].value
     lrs = [e.value for e in events.Scalars("train/lr")]
     assert max(lrs) == pytest.approx(0.2, rel=0.05) and lrs[-1] < 0.05  # warm-up then cosine decay
-    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    hparams = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["lr"].number_value == pytest.approx(0.2)
+    assert start.session_start_info.hparams["model"].string_value == "c1"
+    assert "_hparams_/experiment" in hparams
 
 
 def test_metrics_jsonl_matches_tensorboard(quickstart):
@@ -169,3 +174,12 @@ def test_two_nodes_with_c10d_rendezvous(tmp_path):
     start = next(r for r in read_metrics(tmp_path / "nodes") if r.get("event") == "start")
     assert start["world_size"] == 2
     assert json.loads((tmp_path / "nodes" / "summary.json").read_text())["steps"] == 16
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared/data/mnist-t10k").is_dir(), reason="real MNIST not present")
+def test_real_mnist_f1_two_processes(tmp_path):
+    """configs/mnist_f1.yaml on the real MNIST digits (8,000/2,000 split), shortened to 2 epochs."""
+    result = run_cli(["train", "--config", "configs/mnist_f1.yaml", f"out_dir={tmp_path}", "train.epochs=2"], nproc=2)
+    assert_ok(result)
+    summary = json.loads((tmp_path / "mnist_f1" / "summary.json").read_text())
+    assert summary["val_acc"] >= 0.9 and summary["steps"] == 2 * 62

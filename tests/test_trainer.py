@@ -1,0 +1,77 @@
+"""The Trainer in one process: accumulation, precision and memory-format paths, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TINY
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dist_train.config import load_config
+from dist_train.data.loader import build_train_loader
+from dist_train.distributed import distributed
+from dist_train.monitor import NullMonitor
+from dist_train.optim import Schedule, build_optimizer, build_scheduler
+from dist_train.run import build_trainer
+from dist_train.trainer import Trainer
+
+
+def linear_trainer(grad_accum_steps: int, batch_size: int = 32) -> Trainer:
+    """A BN-free model, so that micro-batching cannot change the maths."""
+    cfg = load_config(None, [f"train.grad_accum_steps={grad_accum_steps}", f"data.batch_size={batch_size}"])
+    generator = torch.Generator().manual_seed(0)
+    dataset = TensorDataset(torch.randn(128, 6, generator=generator), torch.randint(0, 3, (128,), generator=generator))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    loader = build_train_loader(dataset, batch_size // grad_accum_steps, grad_accum_steps, 0, 1, 0, 0, False)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, Schedule.from_config(cfg.schedule, loader.steps_per_epoch, 1))
+    with distributed("cpu") as ctx:
+        return Trainer(cfg, ctx, model, optimizer, scheduler, loader, None, NullMonitor(), None)
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    plain, accumulated = linear_trainer(1), linear_trainer(4)
+    assert plain.train_loader.steps_per_epoch == accumulated.train_loader.steps_per_epoch == 4
+    result_plain, result_accumulated = plain.train_epoch(0), accumulated.train_epoch(0)
+    assert plain.step == accumulated.step == 4
+    assert result_plain.loss == pytest.approx(result_accumulated.loss, rel=1e-6)
+    for a, b in zip(plain.module.parameters(), accumulated.module.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def train_in_process(tmp_path, *overrides: str) -> tuple[Trainer, dict]:
+    cfg = load_config(None, [*TINY, "train.epochs=1", f"out_dir={tmp_path}", *overrides])
+    with distributed(cfg.device) as ctx:
+        trainer = build_trainer(cfg, ctx)
+        try:
+            return trainer, trainer.fit()
+        finally:
+            trainer.monitor.close()
+
+
+def test_bf16_autocast_and_channels_last(tmp_path):
+    trainer, summary = train_in_process(tmp_path, "train.precision=bf16", "train.channels_last=true")
+    conv = next(m for m in trainer.module.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.dtype == torch.float32  # autocast keeps fp32 master weights
+    assert math.isfinite(summary["val_loss"]) and summary["steps"] == 16
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    first, _ = train_in_process(tmp_path / "a")
+    second, _ = train_in_process(tmp_path / "b")
+    third, _ = train_in_process(tmp_path / "c", "seed=1")
+    for a, b in zip(first.module.state_dict().values(), second.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    differs = [not torch.equal(a, c) for a, c in zip(first.module.parameters(), third.module.parameters(), strict=True)]
+    assert all(differs)
+
+
+def test_torch_compile(tmp_path):
+    trainer, summary = train_in_process(tmp_path, "model.name=mnist_f1", "model.width=32", "train.compile=true")
+    assert type(trainer.model).__name__ == "OptimizedModule"
+    assert math.isfinite(summary["val_loss"]) and summary["steps"] == 16
