@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg)
         return 0
     except DistTrainError as e:
-        print(f"{_rank_prefix()}dist-train: error: {one_line(e)}", file=sys.stderr)
+        # One write per line, so the lines of several ranks never interleave.
+        os.write(2, f"{_rank_prefix()}dist-train: error: {one_line(e)}\n".encode())
         return 1
     except KeyboardInterrupt:
         print(f"{_rank_prefix()}dist-train: interrupted", file=sys.stderr)

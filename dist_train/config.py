@@ -125,6 +125,43 @@ class TrainConfig:
 
 
 @dataclass
+class RegimeConfig:
+    """How this run derives from a small-batch reference recipe (Hoffer et al. 2017, Masters & Luschi 2018).
+
+    With ``reference_batch_size`` set, ``optim.lr``, ``schedule.milestones``,
+    ``schedule.warmup_epochs`` and ``train.epochs`` describe the reference recipe and
+    the plan (``dist-train plan``) derives the values for ``data.batch_size``.
+    """
+
+    reference_batch_size: int = 0
+    """Batch size of the reference recipe; 0 = none (values are used as given)."""
+    lr_rule: Literal["none", "linear", "sqrt", "per_sample"] = "none"
+    """none: keep optim.lr; linear: × B/B_ref; sqrt: × sqrt(B/B_ref); per_sample: lr = B × optim.lr
+    (optim.lr is then the per-sample base learning rate)."""
+    adapt: bool = False
+    """Regime adaptation: epochs, milestones and warm-up epochs × B/B_ref, so the number of
+    updates matches the reference."""
+
+
+@dataclass
+class BNConfig:
+    """Batch normalization."""
+
+    ghost_batch_size: int = 0
+    """Normalize over ghost batches of this many samples (per forward, per process); 0 = plain BN."""
+
+
+@dataclass
+class DiffusionConfig:
+    """The weight-distance monitor: ||w_t - w_0|| against the update count t."""
+
+    every_steps: int = 0
+    """Log the distance every N optimizer steps; 0 = off."""
+    fit_until_step: int = 0
+    """Fit a·log(t) + b on the points up to this step; 0 = the first lr milestone (or the last step)."""
+
+
+@dataclass
 class CheckpointConfig:
     """Checkpointing."""
 
@@ -164,6 +201,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
+    bn: BNConfig = field(default_factory=BNConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from dist_train import checkpoint
 from dist_train.config import Config, to_dict, to_yaml
 from dist_train.data import build_datasets
 from dist_train.data.loader import build_eval_loader, build_train_loader, micro_batch_size
-from dist_train.distributed import DistContext, barrier, distributed, restart_count
+from dist_train.distributed import DistContext, all_gather_objects, distributed, restart_count
+from dist_train.errors import DistTrainError, one_line
 from dist_train.models import build_model
 from dist_train.monitor import Monitor, NullMonitor
 from dist_train.optim import Schedule, build_optimizer, build_scheduler
@@ -32,7 +34,10 @@ def configure_backends(cfg: Config, ctx: DistContext) -> None:
 
 
 def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
-    """Everything a Trainer needs, on every rank; only rank 0 touches the run directory."""
+    """Everything a Trainer needs, on every rank; only rank 0 touches the run directory.
+
+    No collective runs here, so a rank that fails cannot leave its peers waiting in one.
+    """
     micro_batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
     run_dir = Path(cfg.out_dir) / cfg.name
     resume_from = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
@@ -92,7 +97,6 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
         f"batch {cfg.data.batch_size} ({micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
         f"{cfg.train.epochs} epochs × {train_loader.steps_per_epoch} steps"
     )
-    barrier()
     return trainer
 
 
@@ -121,10 +125,33 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _agree(setup: Callable[[], Trainer]) -> Trainer:
+    """Run ``setup`` on every rank; if any rank hit a DistTrainError, every rank raises one.
+
+    Start-up errors (bad data, checkpoint, batch size) then reach every rank's
+    console instead of one rank failing while its peers are torn down.
+    """
+    trainer, error = None, None
+    try:
+        trainer = setup()
+    except DistTrainError as e:
+        error = one_line(e)
+    errors = all_gather_objects(error)
+    if error is not None:
+        raise DistTrainError(error)
+    failed = (
+        next((rank, message) for rank, message in enumerate(errors) if message is not None) if any(errors) else None
+    )
+    if failed is not None:
+        trainer.monitor.close()
+        raise DistTrainError(f"stopped because rank {failed[0]} failed: {failed[1]}")
+    return trainer
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or continue) one training run inside the process group the environment describes."""
     with distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
-        trainer = build_trainer(cfg, ctx)
+        trainer = _agree(lambda: build_trainer(cfg, ctx))
         try:
             summary = trainer.fit()
             if ctx.is_primary:

@@ -101,7 +101,14 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.best_accuracy = 0.0
-        self.model = self._wrap(model)
+        self._wrapped: nn.Module | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        """The module as trained: DDP-wrapped and/or compiled (wrapped on first use: a collective)."""
+        if self._wrapped is None:
+            self._wrapped = self._wrap(self.module)
+        return self._wrapped
 
     # -- setup -------------------------------------------------------------------------------------
     def _wrap(self, model: nn.Module) -> nn.Module:
