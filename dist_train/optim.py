@@ -31,11 +31,13 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: b
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer; ``lr`` (e.g. a regime plan's) replaces ``cfg.lr`` when given."""
     groups = parameter_groups(model, cfg.weight_decay, cfg.decay_bn_and_bias)
+    lr = cfg.lr if lr is None else lr
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from dist_train import checkpoint
 from dist_train.config import Config, to_dict, to_yaml
 from dist_train.data import build_datasets
 from dist_train.data.loader import build_eval_loader, build_train_loader, micro_batch_size
+from dist_train.diffusion import WeightDistance
 from dist_train.distributed import DistContext, all_gather_objects, distributed, restart_count
-from dist_train.errors import DistTrainError, one_line
+from dist_train.errors import ConfigError, DistTrainError, one_line
 from dist_train.models import build_model
 from dist_train.monitor import Monitor, NullMonitor
-from dist_train.optim import Schedule, build_optimizer, build_scheduler
+from dist_train.nn.ghost_bn import convert_to_ghost_bn
+from dist_train.optim import build_optimizer, build_scheduler
+from dist_train.regime import format_plan, plan_from_config
 from dist_train.trainer import Trainer, seed_everything
 
 
@@ -47,6 +52,7 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
 
     data = build_datasets(cfg.data)
     model = build_model(cfg.model.name, data.num_classes, data.in_channels, data.image_size, cfg.model.width)
+    apply_ghost_bn(model, cfg.bn.ghost_batch_size, micro_batch)
     model = model.to(ctx.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -64,16 +70,22 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
     )
     eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
     val_loader = build_eval_loader(data.val, eval_batch, ctx.rank, ctx.world_size, cfg.data.num_workers, pin)
-    optimizer = build_optimizer(model, cfg.optim)
-    schedule = Schedule.from_config(cfg.schedule, train_loader.steps_per_epoch, cfg.train.epochs)
-    scheduler = build_scheduler(optimizer, schedule)
+    plan = plan_from_config(cfg, len(data.train), train_loader.steps_per_epoch)
+    optimizer = build_optimizer(model, cfg.optim, lr=plan.lr)
+    scheduler = build_scheduler(optimizer, plan.schedule(cfg.schedule))
+    callbacks = []
+    if cfg.diffusion.every_steps:
+        fit_until = cfg.diffusion.fit_until_step or (plan.milestone_steps or (plan.total_steps,))[0]
+        callbacks.append(WeightDistance(model, cfg.diffusion.every_steps, fit_until))
 
     monitor: Monitor = NullMonitor()
     if ctx.is_primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         monitor = Monitor(run_dir, resume_step=int(state["step"]) if state else 0)
-    trainer = Trainer(cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, monitor, run_dir)
+    trainer = Trainer(
+        cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, monitor, run_dir, plan.epochs, callbacks
+    )
     if state is not None:
         trainer.load_state_dict(state, resume_from)
         monitor.print(f"resumed from {resume_from} at epoch {trainer.epoch}, step {trainer.step}")
@@ -91,13 +103,29 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
     )
     if not state:
         monitor.text("config", f"```\n{to_yaml(cfg)}\n```")
+        monitor.text("plan", f"```\n{format_plan(plan)}\n```")
     monitor.print(
         f"run {run_dir} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | "
         f"{cfg.model.name} ({parameters / 1e6:.2f}M params) | {len(data.train)} train / {len(data.val)} val | "
         f"batch {cfg.data.batch_size} ({micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
-        f"{cfg.train.epochs} epochs × {train_loader.steps_per_epoch} steps"
+        f"{plan.epochs} epochs × {train_loader.steps_per_epoch} steps | lr {plan.lr:.4g}"
+        + (f" | ghost BN {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "")
     )
     return trainer
+
+
+def apply_ghost_bn(model: nn.Module, ghost_batch_size: int, micro_batch: int) -> None:
+    """Swap the model's BatchNorms for Ghost BN, checking the ghost fits the per-process batch."""
+    if not ghost_batch_size:
+        return
+    if ghost_batch_size > micro_batch:
+        raise ConfigError(
+            f"bn.ghost_batch_size={ghost_batch_size} is larger than the per-process batch {micro_batch} "
+            "(data.batch_size / world size / train.grad_accum_steps)"
+        )
+    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        raise ConfigError("bn.ghost_batch_size is set but the model has no BatchNorm layer")
+    convert_to_ghost_bn(model, ghost_batch_size)
 
 
 def hparams_of(cfg: Config, world_size: int) -> dict[str, Any]:
@@ -112,6 +140,10 @@ def hparams_of(cfg: Config, world_size: int) -> dict[str, Any]:
         "weight_decay": cfg.optim.weight_decay,
         "schedule": cfg.schedule.name,
         "epochs": cfg.train.epochs,
+        "reference_batch_size": cfg.regime.reference_batch_size,
+        "lr_rule": cfg.regime.lr_rule,
+        "regime_adaptation": cfg.regime.adapt,
+        "ghost_batch_size": cfg.bn.ghost_batch_size,
         "grad_clip_norm": cfg.train.grad_clip_norm,
         "grad_accum_steps": cfg.train.grad_accum_steps,
         "precision": cfg.train.precision,
@@ -154,6 +186,10 @@ def train(cfg: Config) -> dict[str, Any]:
         trainer = _agree(lambda: build_trainer(cfg, ctx))
         try:
             summary = trainer.fit()
+            summary |= {
+                "lr_planned": trainer.optimizer.param_groups[0]["initial_lr"],
+                "planned_epochs": trainer.total_epochs,
+            }
             if ctx.is_primary:
                 summary["config"] = to_dict(cfg)
                 write_json(trainer.run_dir / "summary.json", summary)

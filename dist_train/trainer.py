@@ -10,12 +10,12 @@ from __future__ import annotations
 import inspect
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,6 +30,21 @@ from dist_train.data.loader import TrainLoader, epoch_seed
 from dist_train.distributed import DistContext, all_gather_objects, all_reduce_sum
 from dist_train.errors import CheckpointError
 from dist_train.monitor import Monitor
+from dist_train.nn.ghost_bn import average_bn_buffers
+
+
+class Callback(Protocol):
+    """A hook into the loop (techniques plug in here; the loop itself knows none)."""
+
+    name: str
+
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -88,6 +103,8 @@ class Trainer:
         val_loader: DataLoader,
         monitor: Monitor,
         run_dir: Path,
+        epochs: int | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.cfg = cfg
         self.ctx = ctx
@@ -98,6 +115,8 @@ class Trainer:
         self.val_loader = val_loader
         self.monitor = monitor
         self.run_dir = run_dir
+        self.total_epochs = epochs if epochs is not None else cfg.train.epochs
+        self.callbacks = list(callbacks)
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.best_accuracy = 0.0
@@ -126,10 +145,6 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / checkpoint.LAST
-
-    @property
-    def total_epochs(self) -> int:
-        return self.cfg.train.epochs
 
     def _autocast(self) -> Any:
         if self.cfg.train.precision == "bf16":
@@ -170,6 +185,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        for callback in self.callbacks:
+            callback.on_step_end(self)
         return loss_sum, correct, torch.tensor(count, device=self.ctx.device), grad_norm
 
     def _clip_gradients(self) -> torch.Tensor:
@@ -210,6 +227,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy on the whole validation set (each image counted once over all ranks)."""
+        average_bn_buffers(self.module)
         self.module.eval()
         totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
         for images, labels in self.val_loader:
@@ -250,7 +268,10 @@ class Trainer:
                 self.save_checkpoint()
         if first_epoch == self.total_epochs:
             val_loss, val_accuracy = self.evaluate()
-        return self._summary(val_loss, val_accuracy, time.perf_counter() - started)
+        summary = self._summary(val_loss, val_accuracy, time.perf_counter() - started)
+        for callback in self.callbacks:
+            summary |= callback.on_fit_end(self)
+        return summary
 
     def _epoch_line(self, values: dict[str, float]) -> str:
         line = (
@@ -271,13 +292,15 @@ class Trainer:
             "best_val_acc": self.best_accuracy,
             "world_size": self.ctx.world_size,
             "batch_size": self.cfg.data.batch_size,
-            "lr": self.cfg.optim.lr,
+            "lr": self.optimizer.param_groups[0]["initial_lr"],  # as planned by the regime
+            "ghost_batch_size": self.cfg.bn.ghost_batch_size,
             "train_seconds": seconds,
         }
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly; RNG states of every rank, in rank order."""
+        """Everything needed to continue exactly; RNG states of every rank, in rank order (a collective)."""
+        average_bn_buffers(self.module)
         return {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -288,6 +311,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "rng": all_gather_objects(rng_state()),
             "config": to_dict(self.cfg),
+            "callbacks": {c.name: c.state_dict() for c in self.callbacks},
         }
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
@@ -300,6 +324,9 @@ class Trainer:
             raise CheckpointError(f"checkpoint {source} does not fit this run: {first}") from None
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_accuracy = float(state.get("best_accuracy", 0.0))
+        for callback in self.callbacks:
+            if callback.name in state.get("callbacks", {}):
+                callback.load_state_dict(state["callbacks"][callback.name])
         rng = state.get("rng", [])
         if len(rng) == self.ctx.world_size:
             set_rng_state(rng[self.ctx.rank])

@@ -1,0 +1,107 @@
+"""The diffusion monitor: how far the weights have travelled from their initialisation.
+
+Method card
+-----------
+*Paper.* Hoffer et al. (2017) observe that in the initial high-learning-rate
+phase ``||w_t - w_0||`` grows like ``log t`` (t = number of updates), an
+"ultra-slow diffusion": a run that makes fewer updates (a large batch for the
+same epochs) travels less far, which regime adaptation repairs.
+
+*Code.* A trainer callback on rank 0 logs the distance of the whole model and of
+each layer every ``diffusion.every_steps`` updates (TensorBoard ``diffusion/*``
+and metrics.jsonl). At the end of the initial phase (``diffusion.fit_until_step``,
+by default the first lr milestone) it fits ``d ≈ a·log(t) + b`` by least squares
+and logs the slope ``a`` and R². ``w_0`` and the recorded points are part of the
+checkpoint, so they survive resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from dist_train.trainer import Trainer
+
+
+def fit_log(steps: list[int], distances: list[float]) -> tuple[float, float, float]:
+    """Least-squares fit ``distance ≈ slope·log(step) + intercept``; returns (slope, intercept, R²)."""
+    points = [(math.log(t), d) for t, d in zip(steps, distances, strict=True) if t > 0]
+    if len(points) < 2:
+        return float("nan"), float("nan"), float("nan")
+    xs, ys = torch.tensor(points, dtype=torch.float64).unbind(1)
+    x_mean, y_mean = xs.mean(), ys.mean()
+    sxx = ((xs - x_mean) ** 2).sum()
+    if sxx == 0:
+        return float("nan"), float("nan"), float("nan")
+    slope = ((xs - x_mean) * (ys - y_mean)).sum() / sxx
+    intercept = y_mean - slope * x_mean
+    residual = ((ys - (slope * xs + intercept)) ** 2).sum()
+    total = ((ys - y_mean) ** 2).sum()
+    r2 = 1 - residual / total if total > 0 else torch.tensor(1.0)
+    return float(slope), float(intercept), float(r2)
+
+
+def layer_of(parameter_name: str) -> str:
+    """``layer1.0.conv1.weight`` -> ``layer1.0.conv1``: a layer's weight and bias count together."""
+    return parameter_name.rsplit(".", 1)[0] if "." in parameter_name else parameter_name
+
+
+class WeightDistance:
+    """Trainer callback logging ||w_t - w_0|| (whole model and per layer) and its log-fit."""
+
+    name = "weight_distance"
+
+    def __init__(self, model: nn.Module, every_steps: int, fit_until_step: int) -> None:
+        self.every_steps = every_steps
+        self.fit_until_step = fit_until_step
+        self.initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.steps: list[int] = []
+        self.distances: list[float] = []
+        self.fit: dict[str, float] | None = None
+
+    @torch.no_grad()
+    def distances_now(self, model: nn.Module) -> tuple[float, dict[str, float]]:
+        squares: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        for name, param in model.named_parameters():
+            diff = (param.detach() - self.initial[name].to(param.device)).double()
+            squares[layer_of(name)] = squares[layer_of(name)] + diff.square().sum().cpu()
+        total = math.sqrt(sum(float(s) for s in squares.values()))
+        return total, {layer: math.sqrt(float(s)) for layer, s in squares.items()}
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        step = trainer.step
+        if step % self.every_steps:
+            return
+        total, per_layer = self.distances_now(trainer.module)
+        self.steps.append(step)
+        self.distances.append(total)
+        values = {"diffusion/distance": total, **{f"diffusion/layer/{k}": v for k, v in per_layer.items()}}
+        trainer.monitor.log(step, values, log_step=math.log(step))
+        if self.fit is None and step >= self.fit_until_step:
+            self._fit(trainer)
+
+    def _fit(self, trainer: Trainer) -> None:
+        slope, intercept, r2 = fit_log(self.steps, self.distances)
+        self.fit = {"slope": slope, "intercept": intercept, "r2": r2, "until_step": self.steps[-1]}
+        values = {"diffusion/fit_slope": slope, "diffusion/fit_intercept": intercept, "diffusion/fit_r2": r2}
+        trainer.monitor.log(trainer.step, values)
+        trainer.monitor.print(
+            f"diffusion: ||w_t - w_0|| ≈ {slope:.4g}·log t + {intercept:.4g} (R² {r2:.3f}) up to step {self.steps[-1]}"
+        )
+
+    def on_fit_end(self, trainer: Trainer) -> dict[str, Any]:
+        if self.fit is None and self.steps:
+            self._fit(trainer)
+        return {"diffusion_fit": self.fit, "diffusion_points": list(zip(self.steps, self.distances, strict=True))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": self.initial, "steps": self.steps, "distances": self.distances, "fit": self.fit}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial = state["initial"]
+        self.steps, self.distances, self.fit = list(state["steps"]), list(state["distances"]), state["fit"]
