@@ -92,6 +92,9 @@ class ScheduleConfig:
     milestones: list[float] = field(default_factory=list)
     """Epochs at which ``step`` multiplies the lr by ``gamma``."""
     gamma: float = 0.1
+    factors: list[float] = field(default_factory=list)
+    """Instead of ``gamma``: the lr multiplier in force after each milestone (one per milestone),
+    e.g. [0.2, 0.04, 0.001] for 0.1 → 0.02 → 0.004 → 1e-4."""
     warmup_epochs: float = 0.0
     """Linear warm-up from ``warmup_start_factor``·lr to lr over this many epochs."""
     warmup_steps: int = 0
@@ -243,23 +246,35 @@ def parse_overrides(overrides: list[str]) -> list[str]:
     return overrides
 
 
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The YAML mappings to merge, base files first: a file may name another with ``base: FILE``
+    (relative to its own directory) and override some of its keys."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    base = loaded.pop("base", None)
+    if base is None:
+        return [(path, loaded)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+    return [*_yaml_layers(path.parent / base, (*seen, path.resolve())), (path, loaded)]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build the typed config from defaults, a YAML file and ``key=value`` overrides."""
     merged = OmegaConf.structured(Config)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+    for layer_path, layer in _yaml_layers(Path(path)) if path is not None else []:
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        try:
-            merged.merge_with(OmegaConf.create(loaded))
+            merged.merge_with(OmegaConf.create(layer))
         except OmegaConfBaseException as e:
-            raise _explain(e, str(path)) from None
+            raise _explain(e, str(layer_path)) from None
     for item in parse_overrides(list(overrides)):
         try:
             merged.merge_with(OmegaConf.from_dotlist([item]))
@@ -290,6 +305,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     if config.data.dataset != "synthetic" and not config.data.root:
         raise ConfigError(f"data.root is required for data.dataset={config.data.dataset}")
+    if config.schedule.factors and len(config.schedule.factors) != len(config.schedule.milestones):
+        raise ConfigError(
+            f"schedule.factors has {len(config.schedule.factors)} values for "
+            f"{len(config.schedule.milestones)} schedule.milestones"
+        )
     if sorted(config.schedule.milestones) != list(config.schedule.milestones):
         raise ConfigError(f"schedule.milestones must be increasing, got {config.schedule.milestones}")
     if "/" in config.name or config.name in {"", ".", ".."}:

@@ -21,24 +21,30 @@ class Monitor:
     """Writes scalars to TensorBoard (``tb/``) and JSON lines (``metrics.jsonl``) in the run directory."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        """``resume_step``: the step of the checkpoint being resumed; None starts the records afresh."""
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
-        if resume_step is not None:
-            self._drop_records_after(resume_step)
-        # purge_step hides events a crashed attempt wrote after the checkpoint we resume from.
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step)
+        self._drop_records_after(resume_step if resume_step is not None else -1)
+        # purge_step hides events that an earlier attempt wrote after the checkpoint we resume from.
+        purge_step = resume_step + 1 if resume_step is not None else 0
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
         self._metrics = self.metrics_path.open("a")
         self._bar: tqdm | None = None
 
     def _drop_records_after(self, step: int) -> None:
-        """Keep metrics.jsonl consistent with the checkpoint a restarted run resumes from."""
+        """Keep metrics.jsonl consistent with the checkpoint a restarted run resumes from.
+
+        A line cut short by a killed process is dropped as well.
+        """
         if not self.metrics_path.exists():
             return
-        kept = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         tmp.replace(self.metrics_path)

@@ -51,6 +51,7 @@ class Schedule:
     gamma: float
     warmup_start_factor: float
     min_lr_factor: float
+    factors: tuple[float, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> Schedule:
@@ -63,13 +64,17 @@ class Schedule:
             gamma=cfg.gamma,
             warmup_start_factor=cfg.warmup_start_factor,
             min_lr_factor=cfg.min_lr_factor,
+            factors=tuple(cfg.factors),
         )
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / self.warmup_steps
         if self.name == "step":
-            return self.gamma ** sum(step >= m for m in self.milestone_steps)
+            passed = sum(step >= m for m in self.milestone_steps)
+            if self.factors:
+                return self.factors[passed - 1] if passed else 1.0
+            return self.gamma**passed
         if self.name == "cosine":
             span = max(1, self.total_steps - self.warmup_steps)
             progress = min(1.0, (step - self.warmup_steps) / span)

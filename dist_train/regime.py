@@ -125,6 +125,7 @@ class Plan:
             gamma=cfg.gamma,
             warmup_start_factor=cfg.warmup_start_factor,
             min_lr_factor=cfg.min_lr_factor,
+            factors=tuple(cfg.factors),
         )
 
 

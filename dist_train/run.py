@@ -82,7 +82,7 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
     if ctx.is_primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        monitor = Monitor(run_dir, resume_step=int(state["step"]) if state else 0)
+        monitor = Monitor(run_dir, resume_step=int(state["step"]) if state else None)
     trainer = Trainer(
         cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, monitor, run_dir, plan.epochs, callbacks
     )

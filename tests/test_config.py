@@ -71,3 +71,26 @@ def test_every_shipped_config_loads_and_round_trips(tmp_path):
         dumped = tmp_path / path.name
         dumped.write_text(to_yaml(cfg))
         assert load_config(dumped) == cfg
+
+
+def test_base_files_are_merged_first(tmp_path):
+    (tmp_path / "small.yaml").write_text("data:\n  batch_size: 128\noptim:\n  lr: 0.1\n")
+    (tmp_path / "large.yaml").write_text("base: small.yaml\ndata:\n  batch_size: 4096\n")
+    cfg = load_config(tmp_path / "large.yaml", ["regime.lr_rule=sqrt"])
+    assert cfg.data.batch_size == 4096 and cfg.optim.lr == 0.1 and cfg.name == "large"
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_paper_recipes_differ_only_in_their_switches():
+    sb = load_config(REPO / "configs" / "cifar10_resnet44_sb.yaml")
+    ra = load_config(REPO / "configs" / "cifar10_resnet44_lb_lr_gbn_ra.yaml")
+    assert (sb.data.batch_size, ra.data.batch_size) == (128, 4096)
+    assert ra.regime.reference_batch_size == 128 and ra.regime.lr_rule == "sqrt" and ra.regime.adapt
+    assert ra.bn.ghost_batch_size == 128 and sb.bn.ghost_batch_size == 0
+    assert ra.schedule.milestones == sb.schedule.milestones == [81, 122, 164] and ra.optim == sb.optim

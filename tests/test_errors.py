@@ -36,6 +36,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str, ra
         (["optim.lrr=0.1"], "did you mean 'optim.lr'"),
         (["data.dataset=cifar10", "data.root=/nonexistent/cifar"], "cifar10: directory not found: /nonexistent/cifar"),
         (["device=cuda"], "no CUDA device is available"),
+        (["bn.ghost_batch_size=64"], "bn.ghost_batch_size=64 is larger than the per-process batch 32"),
     ],
 )
 def test_single_process_errors(tmp_path, overrides, fragment):

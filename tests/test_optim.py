@@ -57,3 +57,9 @@ def test_scheduler_drives_optimizer_lr():
         opt.step()
         scheduler.step()
     assert seen == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
+def test_step_schedule_with_explicit_factors():
+    cfg = ScheduleConfig(name="step", milestones=[60, 120, 140], factors=[0.2, 0.04, 0.001])
+    schedule = Schedule.from_config(cfg, steps_per_epoch=1, epochs=160)
+    assert [schedule(s) for s in (0, 59, 60, 120, 140, 159)] == pytest.approx([1, 1, 0.2, 0.04, 0.001, 0.001])

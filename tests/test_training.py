@@ -151,6 +151,11 @@ def test_sigkill_of_a_worker_restarts_and_resumes(reference_run, tmp_path):
     weights, expected = load_weights(run_dir), load_weights(reference_run)
     for key in expected:
         torch.testing.assert_close(weights[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    # TensorBoard shows each epoch once: the killed attempt's events after step 16 are purged.
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [16, 32]
+    assert [r["step"] for r in read_metrics(run_dir) if "val/acc" in r] == [16, 32]
 
 
 def test_two_nodes_with_c10d_rendezvous(tmp_path):

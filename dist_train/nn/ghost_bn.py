@@ -69,8 +69,10 @@ def _per_ghost(values: torch.Tensor, index: torch.Tensor, ghosts: int) -> torch.
 
 
 def _sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ_l a[n, c, l] · b[n, c, l] as (N, C), without materialising the product."""
-    return torch.einsum("ncl,ncl->nc", a, b)
+    """Σ_l a[n, c, l] · b[n, c, l] as (N, C); a batched matmul when ``l`` is contiguous (no product tensor)."""
+    if a.stride(2) == 1 and b.stride(2) == 1:
+        return torch.einsum("ncl,ncl->nc", a, b)
+    return (a * b).sum(dim=2)  # channels_last: the strided matmul would copy both inputs
 
 
 class _GhostBatchNormFunction(torch.autograd.Function):
@@ -80,9 +82,9 @@ class _GhostBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, index, counts, eps):  # type: ignore[override]
         ghosts, spatial = counts.numel(), x.shape[2]
         stats_input = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        # Per-sample sums: a plain sum and a batched dot product, both single fast passes.
+        # Per-sample sums of x and x², each one pass over the input in any memory layout.
         sample_sum = stats_input.sum(dim=2)
-        sample_sum_sq = _sample_dot(stats_input, stats_input)
+        sample_sum_sq = torch.linalg.vector_norm(stats_input, dim=2).square_()
         n = (counts.to(sample_sum.dtype) * spatial).unsqueeze(1)
         mean = _per_ghost(sample_sum, index, ghosts) / n
         var = (_per_ghost(sample_sum_sq, index, ghosts) / n - mean.square()).clamp_(min=0)  # biased
