@@ -15,6 +15,12 @@ input and per-ghost statistics are kept (memory close to BatchNorm's). Eval mode
 is ``F.batch_norm`` with the running statistics. Modules subclass BatchNorm, so
 parameters, buffers and state_dict keys are BatchNorm's: checkpoints move both ways.
 
+*Precision.* Per-sample moments come from two one-pass float32 reductions
+(sum and norm), so a per-sample variance is E[x²] - E[x]²: exact enough while a
+channel's mean inside one sample stays below ~100× its spread there (BN inputs
+are far from that); ghost variances combine them two-pass. bf16 input is
+computed in float32 and rounded once, like BatchNorm.
+
 *Ghosts.* Samples ``[0, g)``, ``[g, 2g)``, ... form ghosts of ``g = ghost_batch_size``.
 A remainder is its own smaller ghost; a remainder of one sample joins the
 previous ghost (a single sample has no variance). A batch smaller than ``g`` is
@@ -69,29 +75,41 @@ def _per_ghost(values: torch.Tensor, index: torch.Tensor, ghosts: int) -> torch.
 
 
 def _sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ_l a[n, c, l] · b[n, c, l] as (N, C); a batched matmul when ``l`` is contiguous (no product tensor)."""
-    if a.stride(2) == 1 and b.stride(2) == 1:
+    """Σ_l a[n, c, l] · b[n, c, l] as (N, C); a batched matmul when possible (no product tensor)."""
+    if a.dtype == b.dtype and a.stride(2) == 1 and b.stride(2) == 1:
         return torch.einsum("ncl,ncl->nc", a, b)
-    return (a * b).sum(dim=2)  # channels_last: the strided matmul would copy both inputs
+    return (a * b).sum(dim=2)  # channels_last or mixed precision: the matmul would copy its inputs
+
+
+def _per_sample(index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-ghost (G, C) values broadcast to the samples as (N, C, 1)."""
+    return values[index].unsqueeze(2)
 
 
 class _GhostBatchNormFunction(torch.autograd.Function):
-    """Normalise (N, C, L) input per ghost and channel; backward by hand."""
+    """Normalise (N, C, L) input per ghost and channel; backward by hand.
+
+    Statistics and arithmetic run in float32 (float64 for float64 input); a bf16/fp16
+    input is read as is and its output rounded once, as BatchNorm's kernels do.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, index, counts, eps):  # type: ignore[override]
         ghosts, spatial = counts.numel(), x.shape[2]
-        stats_input = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        # Per-sample sums of x and x², each one pass over the input in any memory layout.
-        sample_sum = stats_input.sum(dim=2)
-        sample_sum_sq = torch.linalg.vector_norm(stats_input, dim=2).square_()
-        n = (counts.to(sample_sum.dtype) * spatial).unsqueeze(1)
-        mean = _per_ghost(sample_sum, index, ghosts) / n
-        var = (_per_ghost(sample_sum_sq, index, ghosts) / n - mean.square()).clamp_(min=0)  # biased
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        # Per-sample moments: one pass each over the input, in any memory layout.
+        sample_mean = x.sum(dim=2, dtype=acc) / spatial
+        sample_sq = torch.linalg.vector_norm(x, dim=2, dtype=acc).square_() / spatial
+        sample_var = (sample_sq - sample_mean.square()).clamp_(min=0)
+        # Ghost moments from the per-sample ones (law of total variance, two-pass on (N, C)).
+        per_ghost = counts.to(acc).unsqueeze(1)
+        mean = _per_ghost(sample_mean, index, ghosts) / per_ghost
+        spread = (sample_mean - mean[index]).square_()
+        var = _per_ghost(sample_var + spread, index, ghosts) / per_ghost  # biased
         invstd = torch.rsqrt(var + eps)
-        scale = invstd * weight
-        shift = bias - mean * scale
-        y = torch.addcmul(shift[index].unsqueeze(2).to(x.dtype), x, scale[index].unsqueeze(2).to(x.dtype))
+        scale = invstd * weight.to(acc)
+        shift = bias.to(acc) - mean * scale
+        y = torch.addcmul(_per_sample(index, shift), x, _per_sample(index, scale)).to(x.dtype)
         ctx.save_for_backward(x, weight, index, counts, mean, invstd)
         ctx.mark_non_differentiable(mean, var)
         ctx.spatial = spatial
@@ -100,21 +118,21 @@ class _GhostBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var):  # type: ignore[override]
         x, weight, index, counts, mean, invstd = ctx.saved_tensors
-        ghosts = counts.numel()
-        sum_dy = _per_ghost(grad_y.sum(dim=2, dtype=mean.dtype), index, ghosts)
-        sum_dy_x = _per_ghost(_sample_dot(grad_y, x).to(mean.dtype), index, ghosts)
-        n = (counts.to(mean.dtype) * ctx.spatial).unsqueeze(1)
-        mean_dy = sum_dy / n
-        sum_dy_xhat = invstd * (sum_dy_x - mean * sum_dy)  # Σ dy · x̂ per ghost and channel
-        a = weight * invstd
-        b = -a * invstd * (sum_dy_xhat / n)
-        c = -a * mean_dy - b * mean
+        ghosts, acc = counts.numel(), mean.dtype
+        centered = x - _per_sample(index, mean)  # in acc precision; becomes grad_x below
+        sum_dy = _per_ghost(grad_y.sum(dim=2, dtype=acc), index, ghosts)
+        sum_dy_xhat = invstd * _per_ghost(_sample_dot(grad_y, centered).to(acc), index, ghosts)
+        n = (counts.to(acc) * ctx.spatial).unsqueeze(1)
+        # dx = w·invstd·(dy - mean(dy) - x̂·mean(dy·x̂)) = a·dy + b·(x - μ) + c, per ghost and channel
+        a = weight.to(acc) * invstd
+        b = -a * invstd * sum_dy_xhat / n
+        c = -a * sum_dy / n
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.addcmul(c[index].unsqueeze(2).to(x.dtype), x, b[index].unsqueeze(2).to(x.dtype))
-            grad_x.addcmul_(grad_y, a[index].unsqueeze(2).to(x.dtype))
-        grad_weight = sum_dy_xhat.sum(0) if ctx.needs_input_grad[1] else None
-        grad_bias = sum_dy.sum(0) if ctx.needs_input_grad[2] else None
+            grad_x = torch.addcmul(_per_sample(index, c), centered, _per_sample(index, b), out=centered)
+            grad_x = grad_x.addcmul_(grad_y, _per_sample(index, a)).to(x.dtype)
+        grad_weight = sum_dy_xhat.sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = sum_dy.sum(0).to(weight.dtype) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
@@ -205,6 +223,8 @@ def convert_to_ghost_bn(model: nn.Module, ghost_batch_size: int) -> nn.Module:
     Idempotent: Ghost modules already there get the new ghost size. Parameters,
     buffers and state_dict keys are unchanged.
     """
+    if ghost_batch_size < 2:
+        raise GhostBatchError(f"ghost_batch_size must be at least 2, got {ghost_batch_size}")
     if isinstance(model, _GhostBatchNorm):
         model.ghost_batch_size = ghost_batch_size
         return model
