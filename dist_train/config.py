@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -25,6 +25,10 @@ class DataConfig:
 
     dataset: Literal["synthetic", "cifar10", "cifar100", "mnist", "imagefolder"] = "synthetic"
     """Which reader to use."""
+    backend: Literal["torch", "dali"] = "torch"
+    """Training loader: torch DataLoader + torchvision transforms v2, or NVIDIA DALI pipelines
+    (``pip install .[dali]``; CPU operators when there is no GPU). Both give identical batches
+    (shapes, dtype, layout, sample order); only the random augmentation draws differ."""
     root: str = ""
     """Dataset directory: the CIFAR python-pickle folder, the MNIST IDX folder, or an
     ImageFolder tree (``train/`` and optionally ``val/``). Unused for ``synthetic``."""
@@ -40,6 +44,12 @@ class DataConfig:
     augment: bool = True
     """Apply the dataset's standard training augmentation (pad-crop + flip for
     CIFAR-like data, random-resized-crop + flip for ImageFolder, none for MNIST)."""
+    crop: Literal["auto", "none", "pad", "resized"] = "auto"
+    """Training crop instead of the dataset's default: pad-crop, random-resized-crop or none."""
+    flip: Optional[bool] = None  # noqa: UP045 - OmegaConf reads typing.Optional
+    """Random horizontal flips (true/false) instead of the dataset's default (null)."""
+    pad: int = 4
+    """Padding of the pad-crop, in pixels."""
     val_fraction: float = 0.2
     """Share of the training files held out for validation when the dataset has no
     validation split of its own (e.g. MNIST given only one IDX pair)."""
@@ -53,6 +63,18 @@ class DataConfig:
     """Number of synthetic validation images."""
     synthetic_classes: int = 10
     """Number of synthetic classes."""
+
+
+@dataclass
+class AugmentConfig:
+    """Batch augmentation (Hoffer et al. 2020): M differently augmented views of each sample."""
+
+    copies: int = 1
+    """M: views per sample in the same batch (1 = off). data.batch_size still counts distinct
+    samples (and drives the lr rules); each step sees batch_size × M images."""
+    layout: Literal["copy_major", "sample_major"] = "copy_major"
+    """copy_major: all samples' view 1, then view 2, ... (every ghost batch holds distinct
+    samples); sample_major: the M views of a sample side by side."""
 
 
 @dataclass
@@ -200,6 +222,7 @@ class Config:
     never: start fresh (fails if the run directory already holds a checkpoint);
     or a checkpoint path."""
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -295,6 +318,7 @@ def validate(config: Config) -> None:
         "train.grad_accum_steps": config.train.grad_accum_steps,
         "train.eval_every": config.train.eval_every,
         "train.log_every": config.train.log_every,
+        "augment.copies": config.augment.copies,
     }
     for key, value in positive.items():
         if value < 1:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
@@ -65,6 +66,10 @@ class Monitor:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
 
+    def image(self, tag: str, image: torch.Tensor, step: int = 0) -> None:
+        """A C×H×W float image in [0, 1]."""
+        self.writer.add_image(tag, image, step)
+
     def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """The hparams summary (HPARAMS tab) in the run's own event file, next to its scalars."""
         simple = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
@@ -110,6 +115,9 @@ class NullMonitor(Monitor):
         pass
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
+        pass
+
+    def image(self, tag: str, image: torch.Tensor, step: int = 0) -> None:
         pass
 
     def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:

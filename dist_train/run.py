@@ -11,11 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.utils import make_grid
 
 from dist_train import checkpoint
 from dist_train.config import Config, to_dict, to_yaml
-from dist_train.data import build_datasets
-from dist_train.data.loader import build_eval_loader, build_train_loader, micro_batch_size
+from dist_train.data import DatasetSplits, build_datasets
+from dist_train.data.loader import TrainLoader, build_eval_loader, build_train_loader, micro_batch_size
+from dist_train.data.transforms import recipe_for
 from dist_train.diffusion import WeightDistance
 from dist_train.distributed import DistContext, all_gather_objects, distributed, restart_count
 from dist_train.errors import ConfigError, DistTrainError, one_line
@@ -50,24 +52,15 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
     configure_backends(cfg, ctx)
     seed_everything(cfg.seed)  # the same initial weights on every rank
 
-    data = build_datasets(cfg.data)
+    data = build_datasets(cfg.data, copies=cfg.augment.copies if cfg.data.backend == "torch" else 1)
     model = build_model(cfg.model.name, data.num_classes, data.in_channels, data.image_size, cfg.model.width)
-    apply_ghost_bn(model, cfg.bn.ghost_batch_size, micro_batch)
+    apply_ghost_bn(model, cfg.bn.ghost_batch_size, micro_batch * cfg.augment.copies)
     model = model.to(ctx.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     pin = ctx.device.type == "cuda"
-    train_loader = build_train_loader(
-        data.train,
-        micro_batch,
-        cfg.train.grad_accum_steps,
-        ctx.rank,
-        ctx.world_size,
-        cfg.seed,
-        cfg.data.num_workers,
-        pin,
-    )
+    train_loader = make_train_loader(cfg, ctx, data, micro_batch)
     eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
     val_loader = build_eval_loader(data.val, eval_batch, ctx.rank, ctx.world_size, cfg.data.num_workers, pin)
     plan = plan_from_config(cfg, len(data.train), train_loader.steps_per_epoch)
@@ -101,7 +94,8 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
         parameters=parameters,
         steps_per_epoch=train_loader.steps_per_epoch,
     )
-    if not state:
+    if not state and ctx.is_primary:
+        monitor.image("augment/views", view_grid(train_loader, cfg.augment.copies, micro_batch, cfg.augment.layout))
         monitor.text("config", f"```\n{to_yaml(cfg)}\n```")
         monitor.text("plan", f"```\n{format_plan(plan)}\n```")
     monitor.print(
@@ -112,6 +106,51 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
         + (f" | ghost BN {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "")
     )
     return trainer
+
+
+def make_train_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> TrainLoader:
+    """The training loader of ``data.backend``: torch DataLoader or DALI pipelines, one contract."""
+    if cfg.data.backend == "dali":
+        from dist_train.data.dali import DaliTrainLoader
+
+        return DaliTrainLoader(  # type: ignore[return-value]
+            data.train,
+            recipe_for(cfg.data),
+            data.image_size,
+            micro_batch,
+            cfg.train.grad_accum_steps,
+            cfg.augment.copies,
+            cfg.augment.layout,
+            ctx.rank,
+            ctx.world_size,
+            cfg.seed,
+            max(1, cfg.data.num_workers),
+            ctx.device.index if ctx.device.type == "cuda" else None,
+        )
+    return build_train_loader(
+        data.train,
+        micro_batch,
+        cfg.train.grad_accum_steps,
+        ctx.rank,
+        ctx.world_size,
+        cfg.seed,
+        cfg.data.num_workers,
+        ctx.device.type == "cuda",
+        cfg.augment.layout,
+    )
+
+
+def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8) -> torch.Tensor:
+    """A picture of the training input: a row per sample, its ``copies`` augmented views side by side."""
+    images, _ = next(iter(loader.epoch(0)))
+    images = images.float().cpu()
+    index = torch.arange(copies * min(samples, micro_batch)).view(-1, copies)  # sample-major positions
+    if layout == "copy_major":
+        sample, view = index // copies, index % copies
+        index = view * micro_batch + sample
+    picked = images[index.reshape(-1)]
+    low, high = picked.amin(dim=(1, 2, 3), keepdim=True), picked.amax(dim=(1, 2, 3), keepdim=True)
+    return make_grid((picked - low) / (high - low).clamp(min=1e-6), nrow=copies, padding=1)
 
 
 def apply_ghost_bn(model: nn.Module, ghost_batch_size: int, micro_batch: int) -> None:
@@ -144,6 +183,8 @@ def hparams_of(cfg: Config, world_size: int) -> dict[str, Any]:
         "lr_rule": cfg.regime.lr_rule,
         "regime_adaptation": cfg.regime.adapt,
         "ghost_batch_size": cfg.bn.ghost_batch_size,
+        "augment_copies": cfg.augment.copies,
+        "data_backend": cfg.data.backend,
         "grad_clip_norm": cfg.train.grad_clip_norm,
         "grad_accum_steps": cfg.train.grad_accum_steps,
         "precision": cfg.train.precision,

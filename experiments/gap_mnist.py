@@ -23,11 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from common import REPO, mean_std, run
 
-from dist_train.config import load_config
-from dist_train.run import train
-
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "SB": [],
     "LB": ["large"],
@@ -66,10 +63,8 @@ def run_all(seeds: int, small: int, factor: int, epochs: int, work: Path) -> dic
     results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for seed in range(seeds):
         for name in VARIANTS:
-            overrides = [*variant_overrides(name, small, factor, epochs), f"seed={seed}", f"out_dir={work}"]
-            run_name = f"{name.replace('+', '_')}-seed{seed}"
-            cfg = load_config(REPO / "configs" / "mnist_f1_sb.yaml", [*overrides, f"name={run_name}"])
-            summary = train(cfg)
+            overrides = [*variant_overrides(name, small, factor, epochs), f"seed={seed}"]
+            summary = run(f"{name.replace('+', '_')}-seed{seed}", overrides, work)
             results[name].append(summary)
             print(
                 f"{name:14s} seed {seed}: val acc {summary['val_acc']:.4f}, {summary['steps']} updates, "
@@ -77,11 +72,6 @@ def run_all(seeds: int, small: int, factor: int, epochs: int, work: Path) -> dic
                 flush=True,
             )
     return results
-
-
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
 def table(results: dict[str, list[dict]], small: int, factor: int, epochs: int, seeds: int) -> str:
@@ -135,8 +125,8 @@ def main() -> None:
     (args.out / "gap_mnist.md").write_text(table(results, args.small_batch, args.factor, args.epochs, args.seeds))
     for runs in results.values():
         for summary in runs:
-            summary.pop("config", None)
             summary.pop("diffusion_points", None)
+            summary.pop("curve", None)
     (args.out / "gap_mnist.json").write_text(json.dumps(results, indent=1))
     print((args.out / "gap_mnist.md").read_text())
 

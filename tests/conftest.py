@@ -75,6 +75,23 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture
+def dali() -> None:
+    """Skip a DALI test where DALI is not installed, unless DIST_TRAIN_REQUIRE_DALI is set (CI)."""
+    if not dali_available():
+        if os.environ.get("DIST_TRAIN_REQUIRE_DALI"):
+            pytest.fail("DALI is required here (DIST_TRAIN_REQUIRE_DALI) but nvidia.dali cannot be imported")
+        pytest.skip("NVIDIA DALI is not installed (pip install -e '.[dali]')")
+
+
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory) -> Path:
     """The TINY run, 2 processes, uninterrupted: what resumed and restarted runs must reproduce."""

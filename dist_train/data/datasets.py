@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 
 from dist_train.config import DataConfig
-from dist_train.data.arrays import ImageArrays, TensorImageDataset, split
+from dist_train.data.arrays import ImageArrays, TensorImageDataset, Transform, split
 from dist_train.data.cifar import LAYOUTS, load_cifar
 from dist_train.data.imagefolder import ImageFileDataset, load_imagefolder
 from dist_train.data.mnist import load_mnist
 from dist_train.data.synthetic import make_synthetic
-from dist_train.data.transforms import build_transform
+from dist_train.data.transforms import build_transform, recipe_for
+from dist_train.data.views import ManyViews
 from dist_train.errors import ConfigError, DataError
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "imagefolder")
@@ -32,39 +33,46 @@ class DatasetSplits:
     """Side of the (square) training input."""
 
 
-def _from_arrays(cfg: DataConfig, train: ImageArrays, val: ImageArrays, num_classes: int) -> DatasetSplits:
+def _transforms(cfg: DataConfig, size: int, copies: int) -> tuple[Transform, Transform]:
+    """Training transform (``copies`` views of each image when > 1) and evaluation transform."""
+    recipe = recipe_for(cfg)
+    train = build_transform(cfg.dataset, size, train=True, augment=cfg.augment, recipe=recipe)
+    return (ManyViews(train, copies) if copies > 1 else train), build_transform(cfg.dataset, size, train=False)
+
+
+def _from_arrays(cfg: DataConfig, train: ImageArrays, val: ImageArrays, num_classes: int, copies: int) -> DatasetSplits:
     _, channels, height, width = train.images.shape
     if height != width:
         raise DataError(f"{cfg.dataset}: images in {cfg.root} are {height}×{width}, expected square images")
-    train_tf = build_transform(cfg.dataset, height, train=True, augment=cfg.augment)
-    val_tf = build_transform(cfg.dataset, height, train=False)
+    train_tf, val_tf = _transforms(cfg, height, copies)
     return DatasetSplits(
         TensorImageDataset(train, train_tf), TensorImageDataset(val, val_tf), num_classes, channels, height
     )
 
 
-def build_datasets(cfg: DataConfig) -> DatasetSplits:
-    """Read (or generate) ``cfg.dataset`` and wrap it with its transforms."""
+def build_datasets(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
+    """Read (or generate) ``cfg.dataset`` and wrap it with its transforms (``copies`` training views)."""
     if cfg.dataset not in DATASETS:
         raise ConfigError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
     if cfg.dataset == "synthetic":
         train, val = make_synthetic(cfg)
-        return _from_arrays(cfg, train, val, cfg.synthetic_classes)
+        return _from_arrays(cfg, train, val, cfg.synthetic_classes, copies)
     if not cfg.root:
         raise ConfigError(f"data.root is required for data.dataset={cfg.dataset}")
     if cfg.dataset in LAYOUTS:
         train, val, classes = load_cifar(cfg.dataset, cfg.root, cfg.download)
-        return _from_arrays(cfg, train, val, classes)
+        return _from_arrays(cfg, train, val, classes, copies)
     if cfg.dataset == "mnist":
         train, test = load_mnist(cfg.root, cfg.download)
         if test is None:
             train, test = split(train, cfg.val_fraction, cfg.split_seed)
-        return _from_arrays(cfg, train, test, 10)
+        return _from_arrays(cfg, train, test, 10, copies)
     size = cfg.image_size or 224
     train_files, val_files, classes = load_imagefolder(cfg.root, cfg.val_fraction, cfg.split_seed)
+    train_tf, val_tf = _transforms(cfg, size, copies)
     return DatasetSplits(
-        ImageFileDataset(train_files, build_transform("imagefolder", size, train=True, augment=cfg.augment)),
-        ImageFileDataset(val_files, build_transform("imagefolder", size, train=False)),
+        ImageFileDataset(train_files, train_tf),
+        ImageFileDataset(val_files, val_tf),
         len(classes),
         3,
         size,

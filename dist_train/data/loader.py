@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from dist_train.data.views import arrange_views
 from dist_train.errors import ConfigError
 
 
@@ -55,16 +56,20 @@ class TrainLoader:
     rank: int
     steps_per_epoch: int
     grad_accum_steps: int
+    view_layout: str = "copy_major"
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The micro-batches of one epoch: ``steps_per_epoch × grad_accum_steps`` of them."""
+        """The micro-batches of one epoch: ``steps_per_epoch × grad_accum_steps`` of them.
+
+        With batch augmentation the loader yields (B, M, C, H, W) views, laid out here as B·M images.
+        """
         self.sampler.set_epoch(epoch)
         self.loader.generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, self.rank))
         wanted = self.steps_per_epoch * self.grad_accum_steps
-        for index, batch in enumerate(self.loader):
+        for index, (images, labels) in enumerate(self.loader):
             if index == wanted:
                 break
-            yield batch
+            yield arrange_views(images, labels, self.view_layout) if images.dim() == 5 else (images, labels)
 
 
 def build_train_loader(
@@ -76,6 +81,7 @@ def build_train_loader(
     seed: int,
     num_workers: int,
     pin_memory: bool,
+    view_layout: str = "copy_major",
 ) -> TrainLoader:
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     steps = len(sampler) // micro_batch // grad_accum_steps
@@ -93,7 +99,7 @@ def build_train_loader(
         drop_last=True,
         persistent_workers=False,
     )
-    return TrainLoader(loader, sampler, seed, rank, steps, grad_accum_steps)
+    return TrainLoader(loader, sampler, seed, rank, steps, grad_accum_steps, view_layout)
 
 
 def build_eval_loader(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torchvision.transforms import v2
 
+from dist_train.config import DataConfig
 from dist_train.errors import ConfigError
 
 
@@ -23,6 +24,8 @@ class Recipe:
     """Random horizontal flips in training."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    pad: int = 4
+    """Padding of the pad-crop."""
 
 
 RECIPES: dict[str, Recipe] = {
@@ -34,15 +37,29 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def build_transform(dataset: str, image_size: int, train: bool, augment: bool = True) -> v2.Compose:
+def recipe_for(cfg: DataConfig) -> Recipe:
+    """The dataset's recipe with the config's crop/flip/pad choices applied (shared by both backends)."""
+    if cfg.dataset not in RECIPES:
+        raise ConfigError(f"no transforms for dataset '{cfg.dataset}'; known: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[cfg.dataset]
+    crop = recipe.crop if cfg.crop == "auto" else cfg.crop
+    flip = recipe.flip if cfg.flip is None else cfg.flip
+    if not cfg.augment:
+        crop, flip = "none", False
+    return replace(recipe, crop=crop, flip=flip, pad=cfg.pad)
+
+
+def build_transform(
+    dataset: str, image_size: int, train: bool, augment: bool = True, recipe: Recipe | None = None
+) -> v2.Compose:
     """The pipeline for ``dataset``: uint8 C×H×W in, normalised float32 C×image_size×image_size out.
 
     Random steps are used only when ``train`` and ``augment`` are both true; a training pipeline
-    without augmentation is the evaluation pipeline.
+    without augmentation is the evaluation pipeline. ``recipe`` replaces the dataset's default one.
     """
     if dataset not in RECIPES:
         raise ConfigError(f"no transforms for dataset '{dataset}'; known: {', '.join(sorted(RECIPES))}")
-    recipe = RECIPES[dataset]
+    recipe = recipe or RECIPES[dataset]
     random = train and augment
     steps: list[torch.nn.Module] = []
     if random and recipe.crop == "resized":
@@ -50,7 +67,7 @@ def build_transform(dataset: str, image_size: int, train: bool, augment: bool = 
     elif recipe.resize_eval:
         steps += [v2.Resize(int(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
     if random and recipe.crop == "pad":
-        steps.append(v2.RandomCrop(image_size, padding=4))
+        steps.append(v2.RandomCrop(image_size, padding=recipe.pad))
     if random and recipe.flip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(recipe.mean), list(recipe.std))]

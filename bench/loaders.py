@@ -1,0 +1,233 @@
+"""Images/s delivered to the training loop by the torch and DALI (CPU) training loaders, side by side.
+
+    python bench/loaders.py                              # 8192 CIFAR-shaped arrays, 768 JPEGs, 3 repeats
+    python bench/loaders.py --images 4096 --jpegs 512 --repeats 2
+    python bench/loaders.py --workers 2 --cifar-batch 128 --jpeg-batch 32
+
+Two sources:
+
+* ``synthetic 32x32``: in-memory uint8 arrays (``data.dataset=synthetic``), pad-crop + flip;
+* ``jpeg 256->224``: an ImageFolder tree of 256×256 JPEGs (quality 90, 4 classes) written to a temporary
+  directory with PIL, random-resized-crop to 224 + flip.
+
+For each source and M (``augment.copies``) = 1 and 4, both loaders get the same micro-batch of B distinct
+samples and the same budget of 2 (``--workers``): ``num_workers`` DataLoader processes for the torch backend
+(``build_train_loader`` over ``build_datasets(cfg.data, copies=M)``: the torchvision transform applied M
+times to one decoded image), ``num_threads`` for the DALI pipeline (``DaliTrainLoader`` with
+``device_id=None``: one decode, M random crops/flips). On JPEGs with M = 4 a third loader decodes the file
+again for every view (the torch backend over a dataset whose item loads the file M times), to show what
+decoding once saves.
+
+The loop only iterates ``loader.epoch(e)`` and reads one element of each micro-batch (no model). A timed
+unit is one whole epoch, so each backend's per-epoch start-up (worker processes, pipeline build) is counted
+as the training loop would see it. After a warm-up of a few batches per configuration, ``--repeats``
+rounds run every configuration once each (interleaved, order reversed every other round); the best epoch
+is reported, counting all B·M views.
+
+CPU only: DALI's ``device="mixed"`` (GPU) JPEG decoding is not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dist_train.config import DataConfig, load_config
+from dist_train.data import build_datasets
+from dist_train.data.dali import DaliTrainLoader
+from dist_train.data.imagefolder import load_image
+from dist_train.data.loader import build_train_loader
+from dist_train.data.transforms import recipe_for
+
+WARMUP_BATCHES = 3
+JPEG_SIZE = 256
+JPEG_CLASSES = 4
+JPEG_QUALITY = 90
+
+
+class DecodePerView(Dataset):
+    """ImageFolder items whose M views each come from their own decode of the file: (M, C, H, W), label."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable[[torch.Tensor], torch.Tensor], copies: int):
+        self.samples, self.transform, self.copies = samples, transform, copies
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return torch.stack([self.transform(load_image(path)) for _ in range(self.copies)]), label
+
+
+def write_jpegs(root: Path, count: int, seed: int = 0) -> None:
+    """``count`` 256×256 RGB JPEGs in ``root/train/class{k}/``: smooth colour fields with texture and noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, JPEG_SIZE, dtype=np.float32)
+    for k in range(JPEG_CLASSES):
+        (root / "train" / f"class{k}").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((JPEG_SIZE, JPEG_SIZE), Image.BICUBIC), np.float32)
+        freq = rng.uniform(4, 24, 2)
+        stripes = 40 * np.sin(2 * np.pi * (freq[0] * ramp[:, None] + freq[1] * ramp[None, :]))
+        pixels = smooth + stripes[..., None] + rng.normal(0, 12, smooth.shape)
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        image.save(root / "train" / f"class{i % JPEG_CLASSES}" / f"{i:05d}.jpg", quality=JPEG_QUALITY)
+
+
+@dataclass
+class Case:
+    """One loader configuration and its measured epochs."""
+
+    source: str
+    copies: int
+    name: str
+    loader: Any
+    seconds: list[float] = field(default_factory=list)
+    first_batch: list[float] = field(default_factory=list)
+    images: int = 0
+
+    def warm_up(self) -> None:
+        for index, (images, labels) in enumerate(self.loader.epoch(0)):
+            touch(images, labels)
+            if index + 1 == WARMUP_BATCHES:
+                break
+
+    def run_epoch(self, epoch: int) -> None:
+        images_seen = 0
+        start = time.perf_counter()
+        first = None
+        for images, labels in self.loader.epoch(epoch):
+            touch(images, labels)
+            images_seen += images.shape[0]
+            if first is None:
+                first = time.perf_counter() - start
+        self.seconds.append(time.perf_counter() - start)
+        self.first_batch.append(first or 0.0)
+        self.images = images_seen
+
+    @property
+    def rate(self) -> float:
+        return self.images / min(self.seconds)
+
+    def describe(self) -> str:
+        return (
+            f"    {self.name:<15} {self.loader.steps_per_epoch:3d} batches, {self.images:6d} images/epoch: "
+            f"best {min(self.seconds):6.2f} s, median {statistics.median(self.seconds):6.2f} s, "
+            f"first batch {statistics.median(self.first_batch):5.2f} s -> {self.rate:7.0f} img/s"
+        )
+
+
+def touch(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Read one element of each tensor, as a training step would consume the batch."""
+    return float(images[-1, -1, -1, -1]) + float(labels[-1])
+
+
+def check_batch(case: Case, batch: int) -> None:
+    """Both backends deliver (B·M, C, H, W) float32 images with B·M labels."""
+    images, labels = next(iter(case.loader.epoch(0)))
+    want = batch * case.copies
+    if images.dtype != torch.float32 or images.shape[0] != want or labels.shape != (want,):
+        raise SystemExit(f"{case.source} M={case.copies} {case.name}: got {images.dtype} {tuple(images.shape)}")
+
+
+def data_config(overrides: list[str]) -> DataConfig:
+    return load_config(None, overrides).data
+
+
+def make_cases(source: str, cfg: DataConfig, batch: int, copies: int, budget: int) -> list[Case]:
+    """The torch and DALI loaders (plus decode-per-view on JPEGs with M > 1) of one source and M."""
+    views = build_datasets(cfg, copies=copies)
+    single = build_datasets(cfg, copies=1)
+    torch_loader = build_train_loader(
+        views.train, batch, 1, rank=0, world_size=1, seed=0, num_workers=budget, pin_memory=False
+    )
+    dali_loader = DaliTrainLoader(
+        single.train, recipe_for(cfg), views.image_size, batch, 1, copies, "copy_major", 0, 1, 0, budget, None
+    )
+    cases = [Case(source, copies, "torch", torch_loader), Case(source, copies, "dali", dali_loader)]
+    if source.startswith("jpeg") and copies > 1:
+        per_view = DecodePerView(single.train.samples, single.train.transform, copies)
+        loader = build_train_loader(
+            per_view, batch, 1, rank=0, world_size=1, seed=0, num_workers=budget, pin_memory=False
+        )
+        cases.append(Case(source, copies, "decode per view", loader))
+    for case in cases:
+        check_batch(case, batch)
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=8192, help="CIFAR-shaped (32×32×3) training images")
+    parser.add_argument("--jpegs", type=int, default=768, help="256×256 JPEGs to generate (10%% held out)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per configuration")
+    parser.add_argument("--workers", type=int, default=2, help="torch DataLoader workers = DALI threads")
+    parser.add_argument("--cifar-batch", type=int, default=128, help="distinct samples per CIFAR-shaped batch")
+    parser.add_argument("--jpeg-batch", type=int, default=32, help="distinct samples per JPEG batch")
+    args = parser.parse_args()
+
+    print(
+        f"torch {torch.__version__}, DALI {__import__('nvidia.dali').dali.__version__}, "
+        f"{torch.get_num_threads()} torch threads; budget: {args.workers} DataLoader workers = "
+        f"{args.workers} DALI threads; best of {args.repeats} epochs after {WARMUP_BATCHES} warm-up batches"
+    )
+    print("(CPU only: device=mixed not measured, no GPU)")
+    with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:
+        root = Path(tmp)
+        start = time.perf_counter()
+        write_jpegs(root, args.jpegs)
+        print(
+            f"wrote {args.jpegs} {JPEG_SIZE}x{JPEG_SIZE} JPEGs (q{JPEG_QUALITY}) in {time.perf_counter() - start:.1f} s"
+        )
+        synthetic = data_config(
+            ["data.dataset=synthetic", f"data.synthetic_train_size={args.images}", "data.synthetic_val_size=64"]
+        )
+        jpeg = data_config(
+            ["data.dataset=imagefolder", f"data.root={root}", "data.image_size=224", "data.val_fraction=0.1"]
+        )
+        sources = [("synthetic 32x32", synthetic, args.cifar_batch), (f"jpeg {JPEG_SIZE}->224", jpeg, args.jpeg_batch)]
+        groups = [make_cases(s, cfg, b, m, args.workers) for s, cfg, b in sources for m in (1, 4)]
+        cases = [case for group in groups for case in group]
+        for case in cases:
+            case.warm_up()
+        for r in range(args.repeats):
+            for case in cases if r % 2 == 0 else reversed(cases):
+                case.run_epoch(epoch=r + 1)
+
+    print()
+    for group in groups:
+        torch_case, dali_case = group[0], group[1]
+        print(
+            f"{torch_case.source} M={torch_case.copies}: torch {torch_case.rate:.0f} img/s | "
+            f"dali {dali_case.rate:.0f} img/s | dali/torch {dali_case.rate / torch_case.rate:.2f}x"
+        )
+        for case in group:
+            print(case.describe())
+    for group in groups:
+        if len(group) == 3:
+            torch_case, dali_case, per_view = group
+            for label, case in (("torch", torch_case), ("dali", dali_case)):
+                print(
+                    f"{case.source} M={case.copies}: one decode ({label}) {case.rate:.0f} img/s vs decode per view "
+                    f"{per_view.rate:.0f} img/s: {case.rate / per_view.rate:.2f}x"
+                )
+    print(
+        "targets: DALI >= 1.5x torch at M = 4; M = 4 from one decode >= 2x decode-per-view on JPEGs "
+        "(CPU only: device=mixed not measured, no GPU)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The DALI training loader: the torch backend's batches, made by NVIDIA DALI pipelines.
+
+In-memory datasets (CIFAR, MNIST, synthetic) enter through ``external_source``;
+ImageFolder trees through DALI's file reader, decoded once per sample (on the
+GPU with ``device="mixed"`` when there is one). The M views of batch
+augmentation are M random crops/flips of that one decoded image. Without CUDA
+the pipeline runs CPU operators only (``device_id=None``).
+
+Sample order is the torch backend's: each epoch's indices come from the same
+DistributedSampler (sharded by global rank and world size, reshuffled with a
+seed that depends on the epoch, every rank the same number of steps), so
+``data.backend: torch | dali`` changes the augmentation draws and nothing else.
+Evaluation uses the torch loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from dist_train.data.arrays import TensorImageDataset
+from dist_train.data.imagefolder import ImageFileDataset
+from dist_train.data.loader import epoch_seed
+from dist_train.data.transforms import Recipe
+from dist_train.data.views import arrange_views
+from dist_train.errors import ConfigError
+
+INSTALL_HINT = "data.backend=dali needs NVIDIA DALI, which is not installed: pip install -e '.[dali]'"
+
+
+def import_dali() -> Any:
+    """The ``nvidia.dali`` package, or a one-line ConfigError telling how to install it."""
+    try:
+        import nvidia.dali
+        import nvidia.dali.plugin.pytorch  # the iterator lives here
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return nvidia.dali
+
+
+class _IndexedArrays:
+    """external_source input: each call returns the next batch (images NHWC uint8, labels) of this epoch."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]) -> None:
+        self.images, self.labels, self.batches = images, labels, batches
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in self.batches:
+            yield self.images[batch], self.labels[batch]
+
+
+def _augment(dali: Any, images: Any, recipe: Recipe, size: int, device: str) -> Any:
+    """One random view: crop as the recipe says, flip, normalise to float32 CHW."""
+    fn, types = dali.fn, dali.types
+    if recipe.crop == "pad":
+        # Whole-pixel offsets, each of -pad..pad equally likely (as torchvision's RandomCrop(padding=pad)).
+        offsets = [float(v) for v in range(-recipe.pad, recipe.pad + 1)]
+        anchor = fn.cast(fn.random.uniform(values=offsets, shape=[2]), dtype=types.INT32)
+        images = fn.slice(images, anchor, [size, size], axis_names="HW", out_of_bounds_policy="pad", device=device)
+    elif recipe.crop == "resized":
+        images = fn.random_resized_crop(images, size=[size, size], device=device)
+    return fn.crop_mirror_normalize(
+        images,
+        mirror=fn.random.coin_flip() if recipe.flip else 0,
+        mean=[255 * m for m in recipe.mean],
+        std=[255 * s for s in recipe.std],
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        device=device,
+    )
+
+
+@dataclass
+class DaliTrainLoader:
+    """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e)`` yields the micro-batches."""
+
+    dataset: Dataset
+    recipe: Recipe
+    image_size: int
+    micro_batch: int
+    grad_accum_steps: int
+    copies: int
+    view_layout: str
+    rank: int
+    world_size: int
+    seed: int
+    num_threads: int
+    device_id: int | None
+    steps_per_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.dali = import_dali()
+        if not isinstance(self.dataset, TensorImageDataset | ImageFileDataset):
+            raise ConfigError(f"data.backend=dali cannot read {type(self.dataset).__name__}")
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed
+        )
+        self.steps_per_epoch = len(self.sampler) // self.micro_batch // self.grad_accum_steps
+        if self.steps_per_epoch == 0:
+            raise ConfigError("the training set is smaller than one global batch")
+        if isinstance(self.dataset, TensorImageDataset):
+            arrays = self.dataset.arrays
+            self.images = np.ascontiguousarray(arrays.images.permute(0, 2, 3, 1).numpy())  # NHWC for DALI
+            self.labels = arrays.labels.numpy().astype(np.int64)
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.device_id is None else "gpu"
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        self.sampler.set_epoch(epoch)
+        order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        wanted = self.steps_per_epoch * self.grad_accum_steps
+        return [order[i * self.micro_batch : (i + 1) * self.micro_batch] for i in range(wanted)]
+
+    def _pipeline(self, batches: list[np.ndarray], epoch: int) -> Any:
+        dali, fn, types = self.dali, self.dali.fn, self.dali.types
+        pipe = dali.Pipeline(
+            batch_size=self.micro_batch,
+            num_threads=self.num_threads,
+            device_id=self.device_id,
+            seed=epoch_seed(self.seed, epoch, self.rank) % 2**31,
+            exec_dynamic=True,
+        )
+        with pipe:
+            if isinstance(self.dataset, ImageFileDataset):
+                paths = [self.dataset.samples[i][0] for batch in batches for i in batch]
+                labels = [self.dataset.samples[i][1] for batch in batches for i in batch]
+                encoded, label = fn.readers.file(files=paths, labels=labels, random_shuffle=False, name="reader")
+                decode_on = "mixed" if self.device == "gpu" else "cpu"
+                images = fn.decoders.image(encoded, device=decode_on, output_type=types.RGB)
+            else:
+                images, label = fn.external_source(
+                    source=_IndexedArrays(self.images, self.labels, batches),
+                    num_outputs=2,
+                    batch=True,
+                    layout=["HWC", ""],
+                )
+                if self.device == "gpu":
+                    images = images.gpu()
+            views = [_augment(self.dali, images, self.recipe, self.image_size, self.device) for _ in range(self.copies)]
+            pipe.set_outputs(*views, label)
+        return pipe
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        batches = self._epoch_batches(epoch)
+        pipe = self._pipeline(batches, epoch)
+        names = [f"view{m}" for m in range(self.copies)]
+        reader = {"reader_name": "reader"} if isinstance(self.dataset, ImageFileDataset) else {}
+        iterator = DALIGenericIterator(
+            pipe, [*names, "label"], last_batch_policy=LastBatchPolicy.DROP, auto_reset=False, **reader
+        )
+        for _, outputs in zip(batches, iterator, strict=False):
+            data = outputs[0]
+            labels = data["label"].reshape(-1).long()
+            if self.copies == 1:
+                yield data["view0"], labels
+            elif self.view_layout == "copy_major":  # the pipeline's outputs are already views 0, 1, ...
+                yield torch.cat([data[n] for n in names]), labels.repeat(self.copies)
+            else:
+                yield arrange_views(torch.stack([data[n] for n in names], dim=1), labels, self.view_layout)
