@@ -12,17 +12,13 @@ markdown table of validation accuracy against steps and a plot to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from common import REPO, mean_std, run
+from common import line_plot, mean_std, run
+from common import parser as experiment_parser
 
 
 def overrides(copies: int, epochs: int, backend: str, seed: int) -> list[str]:
@@ -61,27 +57,24 @@ def table(results: dict[int, list[dict]], epochs: int, seeds: int, backend: str)
 
 
 def plot(results: dict[int, list[dict]], path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    series = {}
     for copies, runs in results.items():
         steps = [step for step, _ in runs[0]["curve"]]
         means = [100 * statistics.mean(r["curve"][i][1] for r in runs) for i in range(len(steps))]
-        axis.plot(steps, means, marker="o", label=f"M = {copies}")
-    axis.set_xlabel("optimizer steps")
-    axis.set_ylabel("validation accuracy % (mean over seeds)")
-    axis.set_title("Batch augmentation on MNIST F1: accuracy against updates")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+        series[f"M = {copies}"] = (steps, means)
+    labels = (
+        "optimizer steps",
+        "validation accuracy % (mean over seeds)",
+        "Batch augmentation on MNIST F1: accuracy against updates",
+    )
+    line_plot(series, path, labels, marker="o")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--backend", choices=["torch", "dali"], default="dali")
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[int, list[dict]] = {copies: [] for copies in args.copies}

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 from dist_train.config import load_config
 from dist_train.run import train
@@ -30,3 +37,34 @@ def run(name: str, overrides: list[str], out_dir: Path) -> dict[str, Any]:
 def mean_std(values: list[float], scale: float = 100.0) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{scale * statistics.mean(values):.2f} ± {scale * spread:.2f}"
+
+
+def parser(doc: str | None, seeds: int = 3) -> argparse.ArgumentParser:
+    """The arguments every experiment takes: ``--seeds`` and ``--out``."""
+    result = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result.add_argument("--seeds", type=int, default=seeds)
+    result.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
+    return result
+
+
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    labels: tuple[str, str, str],
+    log_x: bool = False,
+    marker: str | None = None,
+) -> None:
+    """One line per series; ``labels`` are (x label, y label, title)."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, (xs, ys) in series.items():
+        axis.plot(xs, ys, label=name, marker=marker)
+    if log_x:
+        axis.set_xscale("log")
+    axis.set_xlabel(labels[0])
+    axis.set_ylabel(labels[1])
+    axis.set_title(labels[2])
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -13,17 +13,13 @@ of ||w_t - w_0|| against log t to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from common import REPO, mean_std, run
+from common import line_plot, mean_std, run
+from common import parser as experiment_parser
 
 VARIANTS = {
     "SB": [],
@@ -37,9 +33,6 @@ VARIANTS = {
 def variant_overrides(name: str, small: int, factor: int, epochs: int) -> list[str]:
     """Config overrides of one variant; the reference recipe is the small-batch one."""
     base = [
-        f"data.root={REPO.parent / 'shared' / 'data' / 'mnist-t10k'}",
-        "data.val_fraction=0.2",
-        "data.split_seed=0",
         f"data.batch_size={small}",
         f"train.epochs={epochs}",
         f"schedule.milestones=[{0.6 * epochs:g},{0.8 * epochs:g}]",
@@ -95,28 +88,16 @@ def table(results: dict[str, list[dict]], small: int, factor: int, epochs: int, 
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name, runs in results.items():
-        points = runs[0]["diffusion_points"]
-        steps, distances = zip(*points, strict=True)
-        axis.plot(steps, distances, label=name)
-    axis.set_xscale("log")
-    axis.set_xlabel("updates t (log scale)")
-    axis.set_ylabel("||w_t - w_0||")
-    axis.set_title("Weight distance from initialisation, MNIST F1 (seed 0)")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    series = {name: tuple(zip(*runs[0]["diffusion_points"], strict=True)) for name, runs in results.items()}
+    labels = ("updates t (log scale)", "||w_t - w_0||", "Weight distance from initialisation, MNIST F1 (seed 0)")
+    line_plot(series, path, labels, log_x=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--small-batch", type=int, default=32)
     parser.add_argument("--factor", type=int, default=32, help="large batch = factor × small batch")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the small-batch reference recipe")
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
