@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -19,9 +20,9 @@ from dist_train.run import build_trainer
 from dist_train.trainer import Trainer
 
 
-def linear_trainer(grad_accum_steps: int, batch_size: int = 32) -> Trainer:
+def linear_trainer(grad_accum_steps: int, batch_size: int = 32, *overrides: str) -> Trainer:
     """A BN-free model, so that micro-batching cannot change the maths."""
-    cfg = load_config(None, [f"train.grad_accum_steps={grad_accum_steps}", f"data.batch_size={batch_size}"])
+    cfg = load_config(None, [f"train.grad_accum_steps={grad_accum_steps}", f"data.batch_size={batch_size}", *overrides])
     generator = torch.Generator().manual_seed(0)
     dataset = TensorDataset(torch.randn(128, 6, generator=generator), torch.randint(0, 3, (128,), generator=generator))
     torch.manual_seed(0)
@@ -75,3 +76,25 @@ def test_torch_compile(tmp_path):
     trainer, summary = train_in_process(tmp_path, "model.name=mnist_f1", "model.width=32", "train.compile=true")
     assert type(trainer.model).__name__ == "OptimizedModule"
     assert math.isfinite(summary["val_loss"]) and summary["steps"] == 16
+
+
+def test_gradient_clipping_bounds_the_update():
+    """Plain SGD with the global gradient norm clipped to c moves the weights by at most lr·c per step."""
+    plain = ["optim.momentum=0", "optim.weight_decay=0", "schedule.name=constant", "optim.lr=1.0"]
+    clipped = linear_trainer(1, 32, *plain, "train.grad_clip_norm=0.01")
+    free = linear_trainer(1, 32, *plain)
+    before = torch.cat([p.detach().flatten() for p in clipped.module.parameters()])
+    clipped.train_step([next(iter(clipped.train_loader.epoch(0)))])
+    free.train_step([next(iter(free.train_loader.epoch(0)))])
+    moved = torch.cat([p.detach().flatten() for p in clipped.module.parameters()]) - before
+    free_moved = torch.cat([p.detach().flatten() for p in free.module.parameters()]) - before
+    assert moved.norm() == pytest.approx(0.01, rel=1e-4)
+    assert free_moved.norm() > 0.05  # the unclipped gradient is much larger
+
+
+def test_evaluation_every_n_epochs_and_at_the_end(tmp_path):
+    _, summary = train_in_process(tmp_path, "train.epochs=3", "train.eval_every=2")
+    assert summary["epochs"] == 3 and math.isfinite(summary["val_acc"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val/acc" in r] == [2, 3]
+    assert [r["epoch"] for r in records if "train/loss" in r] == [1, 2, 3]

@@ -188,3 +188,13 @@ def test_real_mnist_f1_two_processes(tmp_path):
     assert_ok(result)
     summary = json.loads((tmp_path / "mnist_f1" / "summary.json").read_text())
     assert summary["val_acc"] >= 0.9 and summary["steps"] == 2 * 62
+
+
+def test_resume_from_an_explicit_checkpoint_path(reference_run, tmp_path):
+    """resume=PATH starts a new run directory from another run's checkpoint (here: 2 ranks -> 1 process)."""
+    source = reference_run / "checkpoints" / "last.pt"
+    result = run_cli(["train", *TINY, "train.epochs=3", f"out_dir={tmp_path}", "name=more", f"resume={source}"])
+    assert_ok(result)
+    assert f"resumed from {source} at epoch 2, step 32" in result.stdout
+    summary = json.loads((tmp_path / "more" / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * 16  # the same global batch: 16 steps an epoch
