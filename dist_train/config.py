@@ -50,6 +50,9 @@ class DataConfig:
     """Random horizontal flips (true/false) instead of the dataset's default (null)."""
     pad: int = 4
     """Padding of the pad-crop, in pixels."""
+    cutout: int = 0
+    """Cutout (DeVries & Taylor 2017): zero a square of this side at a random centre of each
+    training image, after normalisation (clipped at the borders); 0 = off."""
     val_fraction: float = 0.2
     """Share of the training files held out for validation when the dataset has no
     validation split of its own (e.g. MNIST given only one IDX pair)."""

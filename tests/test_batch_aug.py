@@ -182,3 +182,30 @@ def test_dali_pad_crop_offsets_are_whole_pixels_in_range(dali):
     assert shifts.min() == -pad and shifts.max() == pad
     counts = np.bincount((shifts + pad).ravel(), minlength=2 * pad + 1)
     assert counts.min() > 0.5 * counts.mean()
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_cutout_zeroes_one_clipped_square_per_view(backend, dali):
+    """A white image: after normalisation only the cutout square is 0 in every channel."""
+    from dist_train.data.arrays import ImageArrays, TensorImageDataset
+
+    size, side = 16, 6
+    arrays = ImageArrays(torch.full((64, 3, size, size), 255, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
+    cfg = load_config(None, ["data.crop=none", "data.flip=false", f"data.cutout={side}", "augment.copies=2"])
+    recipe = recipe_for(cfg.data)
+    if backend == "torch":
+        from dist_train.data.transforms import build_transform
+        from dist_train.data.views import ManyViews
+
+        transform = ManyViews(build_transform("synthetic", size, train=True, recipe=recipe), 2)
+        loader = build_train_loader(TensorImageDataset(arrays, transform), 32, 1, 0, 1, 0, 0, False)
+    else:
+        loader = DaliTrainLoader(TensorImageDataset(arrays), recipe, size, 32, 1, 2, "copy_major", 0, 1, 0, 1, None)
+    images = torch.cat([batch for batch, _ in loader.epoch(0)])
+    zero = images == 0
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])
+    areas = zero[:, 0].flatten(1).sum(1)
+    assert areas.max() == side * side and areas.min() > 0  # full squares inside, clipped ones at the borders
+    rows, cols = zero[:, 0].any(2), zero[:, 0].any(1)
+    assert torch.equal(areas, rows.sum(1) * cols.sum(1))  # each zeroed region is one rectangle
+    assert len({tuple(z.flatten().tolist()) for z in zero[:, 0]}) > 10  # at random places

@@ -64,7 +64,7 @@ def _augment(dali: Any, images: Any, recipe: Recipe, size: int, device: str) -> 
         images = fn.slice(images, anchor, [size, size], axis_names="HW", out_of_bounds_policy="pad", device=device)
     elif recipe.crop == "resized":
         images = fn.random_resized_crop(images, size=[size, size], device=device)
-    return fn.crop_mirror_normalize(
+    images = fn.crop_mirror_normalize(
         images,
         mirror=fn.random.coin_flip() if recipe.flip else 0,
         mean=[255 * m for m in recipe.mean],
@@ -73,6 +73,17 @@ def _augment(dali: Any, images: Any, recipe: Recipe, size: int, device: str) -> 
         output_layout="CHW",
         device=device,
     )
+    if recipe.cutout:  # a square at a uniformly random centre, clipped at the borders (fn.erase clips)
+        centre = fn.random.uniform(values=[float(v) for v in range(size)], shape=[2])
+        images = fn.erase(
+            images,
+            anchor=centre - float(recipe.cutout // 2),
+            shape=[float(recipe.cutout)] * 2,
+            axis_names="HW",
+            fill_value=0.0,
+            device=device,
+        )
+    return images
 
 
 @dataclass

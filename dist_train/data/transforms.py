@@ -26,6 +26,8 @@ class Recipe:
     std: tuple[float, ...]
     pad: int = 4
     """Padding of the pad-crop."""
+    cutout: int = 0
+    """Side of the cutout square (0 = none)."""
 
 
 RECIPES: dict[str, Recipe] = {
@@ -46,7 +48,7 @@ def recipe_for(cfg: DataConfig) -> Recipe:
     flip = recipe.flip if cfg.flip is None else cfg.flip
     if not cfg.augment:
         crop, flip = "none", False
-    return replace(recipe, crop=crop, flip=flip, pad=cfg.pad)
+    return replace(recipe, crop=crop, flip=flip, pad=cfg.pad, cutout=cfg.cutout if cfg.augment else 0)
 
 
 def build_transform(
@@ -71,4 +73,22 @@ def build_transform(
     if random and recipe.flip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(recipe.mean), list(recipe.std))]
+    if random and recipe.cutout:
+        steps.append(Cutout(recipe.cutout))
     return v2.Compose(steps)
+
+
+class Cutout(torch.nn.Module):
+    """Zero a ``size``×``size`` square at a uniformly random centre (clipped at the borders)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        top = int(torch.randint(height, ())) - self.size // 2
+        left = int(torch.randint(width, ())) - self.size // 2
+        image = image.clone()
+        image[..., max(top, 0) : max(top + self.size, 0), max(left, 0) : max(left + self.size, 0)] = 0
+        return image
