@@ -28,6 +28,9 @@ class DistContext:
     local_rank: int
     device: torch.device
     backend: str
+    group: dist.ProcessGroup | None = None
+    """The process group this context trains over (None: the whole world); rank and
+    world_size are this process's place within it."""
 
     @property
     def is_primary(self) -> bool:
@@ -114,19 +117,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all ranks, in place, and return it."""
+def all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks of ``group`` (default: all), in place, and return it."""
     if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
 
 
-def all_gather_objects(obj: object) -> list[object]:
-    """Every rank's ``obj``, in rank order."""
+def all_gather_objects(obj: object, group: dist.ProcessGroup | None = None) -> list[object]:
+    """Every rank's ``obj`` in ``group`` (default: all), in rank order."""
     if not dist.is_initialized():
         return [obj]
-    gathered: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    gathered: list[object] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, obj, group=group)
     return gathered
 
 

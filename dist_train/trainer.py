@@ -30,7 +30,7 @@ from dist_train.data.loader import TrainLoader, epoch_seed
 from dist_train.distributed import DistContext, all_gather_objects, all_reduce_sum
 from dist_train.errors import CheckpointError
 from dist_train.monitor import Monitor
-from dist_train.nn.ghost_bn import average_bn_buffers
+from dist_train.nn.ghost_bn import average_bn_buffers, has_ghost_bn
 
 
 class Callback(Protocol):
@@ -135,8 +135,10 @@ class Trainer:
         wrapped: nn.Module = model
         if self.ctx.is_distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            # Ghost BN keeps per-rank statistics: DDP must not overwrite them with rank 0's.
+            sync = self.cfg.dist.sync_buffers and not has_ghost_bn(model)
             wrapped = DistributedDataParallel(
-                model, device_ids=device_ids, **ddp_buffer_sync(self.cfg.dist.sync_buffers)
+                model, device_ids=device_ids, process_group=self.ctx.group, **ddp_buffer_sync(sync)
             )
         if self.cfg.train.compile:
             wrapped = torch.compile(wrapped)
@@ -218,7 +220,7 @@ class Trainer:
                     values["train/grad_norm"] = grad_norm.item()
                 self.monitor.log(self.step, values, epoch=epoch + 1)
                 self.monitor.advance(self.cfg.train.log_every, loss=loss)
-        all_reduce_sum(totals)
+        all_reduce_sum(totals, self.ctx.group)
         seconds = time.perf_counter() - start
         self.monitor.end_epoch()
         loss_sum, correct, count = totals.tolist()
@@ -227,7 +229,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy on the whole validation set (each image counted once over all ranks)."""
-        average_bn_buffers(self.module)
+        average_bn_buffers(self.module, self.ctx.group)
         self.module.eval()
         totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
         for images, labels in self.val_loader:
@@ -238,7 +240,7 @@ class Trainer:
             totals += torch.stack(
                 [loss.double(), (logits.argmax(1) == labels).sum().double(), torch.tensor(labels.numel()).double()]
             )
-        all_reduce_sum(totals)
+        all_reduce_sum(totals, self.ctx.group)
         loss_sum, correct, count = totals.tolist()
         return loss_sum / count, correct / count
 
@@ -300,7 +302,7 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly; RNG states of every rank, in rank order (a collective)."""
-        average_bn_buffers(self.module)
+        average_bn_buffers(self.module, self.ctx.group)
         return {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -309,7 +311,7 @@ class Trainer:
             "step": self.step,
             "best_accuracy": self.best_accuracy,
             "world_size": self.ctx.world_size,
-            "rng": all_gather_objects(rng_state()),
+            "rng": all_gather_objects(rng_state(), self.ctx.group),
             "config": to_dict(self.cfg),
             "callbacks": {c.name: c.state_dict() for c in self.callbacks},
         }

@@ -11,8 +11,31 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_train.config import load_config
+from dist_train.distributed import DistContext
 from dist_train.nn.ghost_bn import average_bn_buffers, convert_to_ghost_bn
+from dist_train.run import build_trainer
 from dist_train.trainer import ddp_buffer_sync
+
+
+def trainer_syncs_buffers(out: Path, ghost_batch_size: int) -> bool:
+    """Whether the Trainer's DDP copies rank 0's buffers each forward, for plain or Ghost BN."""
+    cfg = load_config(
+        None,
+        [
+            "data.synthetic_train_size=64",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "model.width=4",
+            f"bn.ghost_batch_size={ghost_batch_size}",
+            f"out_dir={out}",
+        ],
+    )
+    ctx = DistContext(dist.get_rank(), dist.get_world_size(), 0, torch.device("cpu"), "gloo")
+    trainer = build_trainer(cfg, ctx)
+    trainer.monitor.close()
+    ddp = trainer.model
+    return bool(getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None)))
 
 
 def main(out: Path) -> None:
@@ -38,7 +61,8 @@ def main(out: Path) -> None:
     average_bn_buffers(model)
     after = {"mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
     weights = model[0].weight.detach().clone()
-    torch.save({"before": before, "after": after, "weights": weights}, out / f"rank{rank}.pt")
+    syncs = {"plain": trainer_syncs_buffers(out, 0), "ghost": trainer_syncs_buffers(out, 4)}
+    torch.save({"before": before, "after": after, "weights": weights, "syncs": syncs}, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
