@@ -190,6 +190,31 @@ class DiffusionConfig:
 
 
 @dataclass
+class SwapPhase2Config:
+    """SWAP phase 2: every replica refines its own copy with a small batch."""
+
+    batch_size: int = 128
+    """Global batch of one replica (split over its processes)."""
+    epochs: int = 2
+    lr: float = 0.01
+    schedule: Literal["constant", "cosine"] = "cosine"
+
+
+@dataclass
+class SwapConfig:
+    """SWAP (Gupta et al. 2020): large-batch DDP, independent small-batch replicas, one average."""
+
+    enabled: bool = False
+    replica_size: int = 0
+    """Processes per phase-2 replica; 0 = one replica per node (torchrun's LOCAL_WORLD_SIZE); 1 = one per process."""
+    phase1_max_epochs: int = 0
+    """Epoch limit of phase 1; 0 = train.epochs."""
+    phase1_train_acc: float = 0.0
+    """Stop phase 1 once an epoch's training accuracy reaches this (the paper's criterion); 0 = epoch limit only."""
+    phase2: SwapPhase2Config = field(default_factory=SwapPhase2Config)
+
+
+@dataclass
 class CheckpointConfig:
     """Checkpointing."""
 
@@ -233,6 +258,7 @@ class Config:
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     bn: BNConfig = field(default_factory=BNConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    swap: SwapConfig = field(default_factory=SwapConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 

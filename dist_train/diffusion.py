@@ -85,6 +85,9 @@ class WeightDistance:
         if self.fit is None and step >= self.fit_until_step:
             self._fit(trainer)
 
+    def on_epoch_end(self, trainer: Trainer, values: dict[str, float]) -> None:
+        pass
+
     def _fit(self, trainer: Trainer) -> None:
         slope, intercept, r2 = fit_log(self.steps, self.distances)
         self.fit = {"slope": slope, "intercept": intercept, "r2": r2, "until_step": self.steps[-1]}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed import ProcessGroup
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.utils import make_grid
 
@@ -26,7 +27,7 @@ from dist_train.monitor import Monitor, NullMonitor
 from dist_train.nn.ghost_bn import convert_to_ghost_bn
 from dist_train.optim import build_optimizer, build_scheduler
 from dist_train.regime import format_plan, plan_from_config
-from dist_train.trainer import Trainer, seed_everything
+from dist_train.trainer import Callback, Trainer, seed_everything
 
 
 def configure_backends(cfg: Config, ctx: DistContext) -> None:
@@ -40,9 +41,15 @@ def configure_backends(cfg: Config, ctx: DistContext) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
-    """Everything a Trainer needs, on every rank; only rank 0 touches the run directory.
+def build_trainer(
+    cfg: Config,
+    ctx: DistContext,
+    extra_callbacks: Sequence[Callback] = (),
+    initial_weights: dict[str, torch.Tensor] | None = None,
+) -> Trainer:
+    """Everything a Trainer needs, on every rank; only rank 0 (of ``ctx``) touches the run directory.
 
+    ``initial_weights`` (a model state_dict) start a run that has no checkpoint to resume.
     No collective runs here, so a rank that fails cannot leave its peers waiting in one.
     """
     micro_batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
@@ -66,7 +73,7 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
     plan = plan_from_config(cfg, len(data.train), train_loader.steps_per_epoch)
     optimizer = build_optimizer(model, cfg.optim, lr=plan.lr)
     scheduler = build_scheduler(optimizer, plan.schedule(cfg.schedule))
-    callbacks = []
+    callbacks: list[Callback] = list(extra_callbacks)
     if cfg.diffusion.every_steps:
         fit_until = cfg.diffusion.fit_until_step or (plan.milestone_steps or (plan.total_steps,))[0]
         callbacks.append(WeightDistance(model, cfg.diffusion.every_steps, fit_until))
@@ -82,6 +89,8 @@ def build_trainer(cfg: Config, ctx: DistContext) -> Trainer:
     if state is not None:
         trainer.load_state_dict(state, resume_from)
         monitor.print(f"resumed from {resume_from} at epoch {trainer.epoch}, step {trainer.step}")
+    elif initial_weights is not None:
+        model.load_state_dict(initial_weights)
     parameters = sum(p.numel() for p in model.parameters())
     monitor.event(
         trainer.step,
@@ -198,7 +207,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _agree(setup: Callable[[], Trainer]) -> Trainer:
+def agree(setup: Callable[[], Trainer], group: ProcessGroup | None = None) -> Trainer:
     """Run ``setup`` on every rank; if any rank hit a DistTrainError, every rank raises one.
 
     Start-up errors (bad data, checkpoint, batch size) then reach every rank's
@@ -209,7 +218,7 @@ def _agree(setup: Callable[[], Trainer]) -> Trainer:
         trainer = setup()
     except DistTrainError as e:
         error = one_line(e)
-    errors = all_gather_objects(error)
+    errors = all_gather_objects(error, group)
     if error is not None:
         raise DistTrainError(error)
     failed = (
@@ -224,7 +233,14 @@ def _agree(setup: Callable[[], Trainer]) -> Trainer:
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or continue) one training run inside the process group the environment describes."""
     with distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
-        trainer = _agree(lambda: build_trainer(cfg, ctx))
+        if cfg.swap.enabled:
+            from dist_train.swap import train_swap
+
+            summary = train_swap(cfg, ctx)
+            if ctx.is_primary:
+                write_json(Path(cfg.out_dir) / cfg.name / "summary.json", {**summary, "config": to_dict(cfg)})
+            return summary
+        trainer = agree(lambda: build_trainer(cfg, ctx))
         try:
             summary = trainer.fit()
             summary |= {

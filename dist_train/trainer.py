@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed import ProcessGroup
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -39,6 +40,8 @@ class Callback(Protocol):
     name: str
 
     def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, values: dict[str, float]) -> None: ...
 
     def on_fit_end(self, trainer: Trainer) -> dict[str, Any]: ...
 
@@ -89,6 +92,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@torch.no_grad()
+def evaluate(
+    module: nn.Module,
+    loader: DataLoader,
+    to_device: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    autocast: Callable[[], Any],
+    group: ProcessGroup | None = None,
+) -> tuple[float, float]:
+    """Loss and accuracy of ``module`` over ``loader``'s shards, summed over the ranks of ``group``."""
+    module.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    for images, labels in loader:
+        images, labels = to_device(images, labels)
+        with autocast():
+            logits = module(images)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct = (logits.argmax(1) == labels).sum()
+        totals += torch.stack([loss.double().cpu(), correct.double().cpu(), torch.tensor(labels.numel()).double()])
+    device = next(module.parameters()).device
+    totals = all_reduce_sum(totals.to(device), group)
+    loss_sum, correct_sum, count = totals.tolist()
+    return loss_sum / count, correct_sum / count
+
+
 class Trainer:
     """Trains ``model`` data-parallel over the ranks of ``ctx`` as ``cfg`` says."""
 
@@ -120,6 +147,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.best_accuracy = 0.0
+        self.stop_requested = False  # set by a callback to end training after the current epoch
         self._wrapped: nn.Module | None = None
 
     @property
@@ -148,12 +176,12 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / checkpoint.LAST
 
-    def _autocast(self) -> Any:
+    def autocast(self) -> Any:
         if self.cfg.train.precision == "bf16":
             return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.ctx.device, non_blocking=True)
         if self.cfg.train.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -172,11 +200,11 @@ class Trainer:
         correct = torch.zeros((), device=self.ctx.device, dtype=torch.long)
         count = 0
         for index, (images, labels) in enumerate(micro_batches):
-            images, labels = self._to_device(images, labels)
+            images, labels = self.to_device(images, labels)
             last = index == accum - 1
             skip_sync = self.ctx.is_distributed and not last
             with self.model.no_sync() if skip_sync else nullcontext():
-                with self._autocast():
+                with self.autocast():
                     logits = self.model(images)
                     loss = F.cross_entropy(logits, labels)
                 (loss / accum).backward()
@@ -226,30 +254,23 @@ class Trainer:
         loss_sum, correct, count = totals.tolist()
         return EpochResult(loss_sum / count, correct / count, seconds, count / seconds)
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy on the whole validation set (each image counted once over all ranks)."""
         average_bn_buffers(self.module, self.ctx.group)
-        self.module.eval()
-        totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
-        for images, labels in self.val_loader:
-            images, labels = self._to_device(images, labels)
-            with self._autocast():
-                logits = self.module(images)
-            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-            totals += torch.stack(
-                [loss.double(), (logits.argmax(1) == labels).sum().double(), torch.tensor(labels.numel()).double()]
-            )
-        all_reduce_sum(totals, self.ctx.group)
-        loss_sum, correct, count = totals.tolist()
-        return loss_sum / count, correct / count
+        return evaluate(self.module, self.val_loader, self.to_device, self.autocast, self.ctx.group)
 
     def fit(self) -> dict[str, Any]:
-        """Train the remaining epochs, evaluating and checkpointing as configured; return the summary."""
+        """Train the remaining epochs, evaluating and checkpointing as configured; return the summary.
+
+        A callback may end training early by setting ``stop_requested`` in ``on_epoch_end``; the
+        flag is checkpointed, so a resumed run stops where the interrupted one had decided to.
+        """
         started = time.perf_counter()
         first_epoch = self.epoch
         val_loss, val_accuracy = float("nan"), float("nan")
         for epoch in range(first_epoch, self.total_epochs):
+            if self.stop_requested:
+                break
             result = self.train_epoch(epoch)
             self.epoch = epoch + 1
             values = {
@@ -258,7 +279,9 @@ class Trainer:
                 "train/epoch_time_s": result.seconds,
                 "train/images_per_s": result.images_per_second,
             }
-            last = self.epoch == self.total_epochs
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, values)
+            last = self.epoch == self.total_epochs or self.stop_requested
             if last or self.epoch % self.cfg.train.eval_every == 0:
                 val_loss, val_accuracy = self.evaluate()
                 self.best_accuracy = max(self.best_accuracy, val_accuracy)
@@ -268,7 +291,7 @@ class Trainer:
             every = self.cfg.checkpoint.every_epochs
             if last or (every and self.epoch % every == 0):
                 self.save_checkpoint()
-        if first_epoch == self.total_epochs:
+        if self.epoch == first_epoch:  # nothing left to train: report the checkpoint's model
             val_loss, val_accuracy = self.evaluate()
         summary = self._summary(val_loss, val_accuracy, time.perf_counter() - started)
         for callback in self.callbacks:
@@ -310,6 +333,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "best_accuracy": self.best_accuracy,
+            "stop_requested": self.stop_requested,
             "world_size": self.ctx.world_size,
             "rng": all_gather_objects(rng_state(), self.ctx.group),
             "config": to_dict(self.cfg),
@@ -326,6 +350,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {source} does not fit this run: {first}") from None
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_accuracy = float(state.get("best_accuracy", 0.0))
+        self.stop_requested = bool(state.get("stop_requested", False))
         for callback in self.callbacks:
             if callback.name in state.get("callbacks", {}):
                 callback.load_state_dict(state["callbacks"][callback.name])

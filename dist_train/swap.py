@@ -1,0 +1,290 @@
+"""SWAP, Stochastic Weight Averaging in Parallel (Gupta, Akle Serrano & DeCoste, 2020).
+
+Method card
+-----------
+*Paper.* Three phases: (1) large-batch synchronous data-parallel training
+until a stopping criterion (a training accuracy); (2) every worker, or group
+of workers, refines its own copy with a small batch and its own data order,
+with no communication between them; (3) average the weights of all copies and
+recompute the batch-norm statistics of the averaged model (stale statistics
+would be wrong for it).
+
+*Code.* ``swap.enabled: true`` runs the three phases inside one torchrun or
+SLURM job, each built on the ordinary Trainer:
+
+1. phase 1 is a normal run over all ranks (lr rules, Ghost BN, batch
+   augmentation as configured) that stops at ``swap.phase1_train_acc`` or
+   ``swap.phase1_max_epochs``; its end is checkpointed as ``checkpoints/phase1.pt``;
+2. the world splits into replicas of ``swap.replica_size`` processes
+   (``dist.new_group``; default one replica per node); each replica is a
+   normal run over its own process group with the ``swap.phase2.*`` batch, lr
+   and schedule, its own seed and data order, and its own run directory
+   ``phase2/replica<r>/`` (TensorBoard curves and checkpoints per replica);
+3. one all-reduce averages the parameters (equal in a replica, so the mean over
+   ranks is the mean over replicas); BN statistics are recomputed over the
+   training images (no augmentation, sharded over all ranks) as the cumulative
+   average of per-batch statistics with the sums reduced over all ranks, which
+   equals one process recomputing over the same batches; the averaged model is
+   evaluated next to each replica's own accuracy (``summary.json``, TensorBoard
+   ``swap/*``) and saved as ``checkpoints/swap_final.pt``.
+
+Every phase resumes exactly after an interruption: phase 1 and each replica
+from their own ``last.pt``; phase 3 is recomputed from the replicas' results.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.utils.data import DataLoader
+
+from dist_train import checkpoint
+from dist_train.config import Config
+from dist_train.data import build_datasets
+from dist_train.data.loader import ShardSampler, build_eval_loader, micro_batch_size
+from dist_train.distributed import DistContext, all_gather_objects, all_reduce_sum
+from dist_train.errors import ConfigError
+from dist_train.monitor import Monitor
+from dist_train.trainer import Trainer, evaluate
+
+PHASE1 = "phase1.pt"
+FINAL = "swap_final.pt"
+
+
+class StopAtTrainAccuracy:
+    """Phase-1 callback: request the end of training once an epoch's training accuracy reaches a threshold."""
+
+    name = "swap_phase1"
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer, values: dict[str, float]) -> None:
+        if self.threshold and values["train/acc"] >= self.threshold:
+            trainer.stop_requested = True
+
+    def on_fit_end(self, trainer: Trainer) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def replica_layout(cfg: Config, world_size: int) -> int:
+    """Processes per replica, checked against the world size and the phase-2 batch."""
+    size = cfg.swap.replica_size or int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if size < 1 or world_size % size:
+        raise ConfigError(f"swap.replica_size={size} does not divide the world size {world_size}")
+    if cfg.swap.phase2.batch_size % (size * cfg.train.grad_accum_steps):
+        raise ConfigError(
+            f"swap.phase2.batch_size={cfg.swap.phase2.batch_size} does not divide by the replica size {size} "
+            f"× train.grad_accum_steps {cfg.train.grad_accum_steps}"
+        )
+    return size
+
+
+def phase2_config(cfg: Config, replica: int, run_dir: Path) -> Config:
+    """A replica's own run: the phase-2 batch, lr and schedule, its own seed and run directory."""
+    phase2 = cfg.swap.phase2
+    return replace(
+        cfg,
+        name=f"replica{replica}",
+        out_dir=str(run_dir / "phase2"),
+        seed=cfg.seed + 1000 * (replica + 1),
+        data=replace(cfg.data, batch_size=phase2.batch_size),
+        optim=replace(cfg.optim, lr=phase2.lr),
+        schedule=replace(
+            cfg.schedule, name=phase2.schedule, milestones=[], factors=[], warmup_epochs=0.0, warmup_steps=0
+        ),
+        regime=replace(cfg.regime, reference_batch_size=0, lr_rule="none", adapt=False),
+        train=replace(cfg.train, epochs=phase2.epochs),
+        diffusion=replace(cfg.diffusion, every_steps=0),
+    )
+
+
+@torch.no_grad()
+def average_parameters(module: nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """Replace every parameter by its mean over the ranks of ``group``: one all-reduce."""
+    flat = parameters_to_vector(module.parameters())
+    all_reduce_sum(flat, group)
+    vector_to_parameters(flat / dist.get_world_size(group), module.parameters())
+
+
+@torch.no_grad()
+def recompute_bn(
+    module: nn.Module, loader: DataLoader, device: torch.device, group: dist.ProcessGroup | None = None
+) -> int:
+    """BN running statistics from scratch: the average of per-batch statistics over every rank's batches.
+
+    Each rank accumulates a cumulative average over its own batches (momentum None);
+    the averages, weighted by their batch counts, are then summed over ``group``. Returns
+    the number of batches used in all.
+    """
+    layers = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    was_training = module.training
+    module.train()
+    for images, _ in loader:
+        module(images.to(device))
+    total = 0
+    for layer, momentum in zip(layers, momenta, strict=True):
+        count = layer.num_batches_tracked.to(torch.float64)
+        stats = torch.cat([layer.running_mean.double() * count, layer.running_var.double() * count, count.view(1)])
+        stats = all_reduce_sum(stats.to(device), group).cpu()
+        total = int(stats[-1].item())
+        layer.running_mean.copy_(stats[: layer.num_features] / max(total, 1))
+        layer.running_var.copy_(stats[layer.num_features : 2 * layer.num_features] / max(total, 1))
+        layer.num_batches_tracked.fill_(total)
+        layer.momentum = momentum
+    module.train(was_training)
+    return total
+
+
+def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
+    """Large-batch DDP over all ranks until the accuracy threshold or the epoch limit; checkpointed at its end."""
+    from dist_train.run import agree, build_trainer
+
+    run_dir = Path(cfg.out_dir) / cfg.name
+    marker = run_dir / "checkpoints" / PHASE1
+    if marker.exists():
+        return checkpoint.load(marker)
+    epochs = cfg.swap.phase1_max_epochs or cfg.train.epochs
+    phase1 = replace(cfg, train=replace(cfg.train, epochs=epochs))
+    trainer = agree(lambda: build_trainer(phase1, ctx, [StopAtTrainAccuracy(cfg.swap.phase1_train_acc)]))
+    try:
+        trainer.monitor.event(trainer.step, "phase", phase=1)
+        trainer.monitor.log(trainer.step, {"swap/phase": 1.0})
+        summary = trainer.fit()
+        reached = trainer.stop_requested
+        message = (
+            f"SWAP phase 1 reached training accuracy {cfg.swap.phase1_train_acc:.2%} after {trainer.epoch} epochs"
+            if reached
+            else f"SWAP phase 1 stopped at its epoch limit ({epochs}) without reaching training accuracy "
+            f"{cfg.swap.phase1_train_acc:.2%}"
+        )
+        trainer.monitor.print(message)
+        state = trainer.state_dict()
+        state["phase1"] = {
+            "reached_threshold": reached,
+            "epochs": trainer.epoch,
+            "steps": trainer.step,
+            "val_acc": summary["val_acc"],
+            "message": message,
+        }
+        if ctx.is_primary:
+            checkpoint.atomic_save(state, marker)
+        return state
+    finally:
+        trainer.monitor.close()
+
+
+def replica_groups(world_size: int, replica_size: int) -> list[dist.ProcessGroup | None]:
+    """One process group per replica of consecutive ranks (every rank must create all of them)."""
+    if world_size == 1:
+        return [None]
+    return [dist.new_group(list(range(start, start + replica_size))) for start in range(0, world_size, replica_size)]
+
+
+def replica_context(ctx: DistContext, replica_size: int, groups: list[dist.ProcessGroup | None]) -> DistContext:
+    """This process's place in its replica."""
+    return replace(ctx, rank=ctx.rank % replica_size, world_size=replica_size, group=groups[ctx.rank // replica_size])
+
+
+def run_phase2(cfg: Config, ctx: DistContext, phase1: dict[str, Any], replica_size: int) -> tuple[Trainer, dict]:
+    """Each replica trains its own copy from the phase-1 weights; nothing crosses replicas."""
+    from dist_train.run import agree, build_trainer
+
+    groups = replica_groups(ctx.world_size, replica_size)
+    replica = ctx.rank // replica_size
+    local = replica_context(ctx, replica_size, groups)
+    own = phase2_config(cfg, replica, Path(cfg.out_dir) / cfg.name)
+    trainer = agree(lambda: build_trainer(own, local, initial_weights=phase1["model"]), local.group)
+    try:
+        trainer.monitor.event(trainer.step, "phase", phase=2, replica=replica)
+        summary = trainer.fit()
+    finally:
+        trainer.monitor.close()
+    return trainer, {
+        "replica": replica,
+        "val_acc": summary["val_acc"],
+        "val_loss": summary["val_loss"],
+        "steps": trainer.step,
+    }
+
+
+def run_phase3(cfg: Config, ctx: DistContext, trainer: Trainer, replicas: list[dict], phase1: dict) -> dict:
+    """Average over replicas, recompute BN over the training data, evaluate; rank 0 reports and saves."""
+    module = trainer.module
+    average_parameters(module)
+    data = build_datasets(replace(cfg.data, augment=False))
+    batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
+    loader = DataLoader(data.train, batch_size=batch, sampler=ShardSampler(len(data.train), ctx.rank, ctx.world_size))
+    bn_batches = recompute_bn(module, loader, ctx.device)
+    eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
+    val_loader = build_eval_loader(data.val, eval_batch, ctx.rank, ctx.world_size, 0, False)
+    val_loss, val_acc = evaluate(module, val_loader, trainer.to_device, trainer.autocast)
+    phase1_info = phase1["phase1"]
+    summary = {
+        "name": cfg.name,
+        "val_acc": val_acc,
+        "val_loss": val_loss,
+        "phase1": phase1_info,
+        "replicas": replicas,
+        "replica_mean_val_acc": sum(r["val_acc"] for r in replicas) / len(replicas),
+        "bn_recompute_batches": bn_batches,
+        "sequential_steps": phase1_info["steps"] + replicas[0]["steps"],
+        "world_size": ctx.world_size,
+    }
+    if ctx.is_primary:
+        run_dir = Path(cfg.out_dir) / cfg.name
+        checkpoint.atomic_save(
+            {
+                "model": module.state_dict(),
+                "optimizer": {},
+                "scheduler": {},
+                "epoch": 0,
+                "step": summary["sequential_steps"],
+            },
+            run_dir / "checkpoints" / FINAL,
+        )
+        monitor = Monitor(run_dir, resume_step=phase1_info["steps"])
+        step2, step3 = phase1_info["steps"], summary["sequential_steps"]
+        monitor.log(step2, {"swap/phase": 2.0})
+        values = {"swap/phase": 3.0, "swap/val_acc_averaged": val_acc, "swap/val_loss_averaged": val_loss}
+        values |= {f"swap/val_acc_replica{r['replica']}": r["val_acc"] for r in replicas}
+        monitor.log(step3, values)
+        monitor.event(step3, "end", val_acc=val_acc)
+        monitor.print(
+            f"SWAP: averaged model val acc {val_acc:.2%} (replicas: "
+            + ", ".join(f"{r['val_acc']:.2%}" for r in replicas)
+            + f") after {step3} sequential updates"
+        )
+        monitor.close()
+    return summary
+
+
+def train_swap(cfg: Config, ctx: DistContext) -> dict[str, Any]:
+    """The three SWAP phases in this job; returns the summary (also summary.json on rank 0)."""
+    replica_size = replica_layout(cfg, ctx.world_size)
+    phase1 = run_phase1(cfg, ctx)
+    trainer, own = run_phase2(cfg, ctx, phase1, replica_size)
+    replicas = [r for r in all_gather_objects(own) if r is not None]
+    unique = list({r["replica"]: r for r in replicas}.values())  # one entry per replica
+    return run_phase3(cfg, ctx, trainer, unique, phase1)

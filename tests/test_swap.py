@@ -1,0 +1,125 @@
+"""SWAP: phases, replicas across 2 'nodes' × 2 processes, the average, BN recomputation, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, TINY, assert_ok, free_port, read_metrics, run_cli, subprocess_env
+from torch.nn.utils import vector_to_parameters
+from torch.utils.data import DataLoader
+
+from dist_train.config import load_config
+from dist_train.data import build_datasets
+from dist_train.data.loader import ShardSampler
+from dist_train.models import build_model
+from dist_train.swap import recompute_bn
+
+SWAP = [
+    *TINY,
+    "swap.enabled=true",
+    "swap.phase1_max_epochs=2",
+    "swap.phase1_train_acc=0.99",
+    "swap.phase2.batch_size=16",
+    "swap.phase2.epochs=1",
+    "swap.phase2.lr=0.02",
+    "data.batch_size=32",
+]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """4 processes as 2 nodes × 2 (two torchrun agents, c10d on localhost): one replica per node."""
+    out = tmp_path_factory.mktemp("swap")
+    endpoint = f"127.0.0.1:{free_port()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        "--rdzv-id=swap-test",
+        str(REPO / "tests" / "workers" / "swap_check.py"),
+        str(out),
+        *SWAP,
+    ]
+    agents = [
+        subprocess.Popen(
+            cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(4)]
+
+
+def test_phase2_replicas_are_independent(two_nodes):
+    _, ranks = two_nodes
+    assert [r["replica"] for r in ranks] == [0, 0, 1, 1]
+    assert torch.equal(ranks[0]["after2"], ranks[1]["after2"]) and torch.equal(ranks[2]["after2"], ranks[3]["after2"])
+    assert not torch.allclose(ranks[0]["after2"], ranks[2]["after2"])  # own seeds and data orders
+    assert all(r["ddp_group_size"] == 2 for r in ranks)  # DDP inside the replica
+    assert all(r["world_calls"] == [] for r in ranks)  # no collective on the world group in phase 2
+
+
+def test_phase3_average_and_bn_recomputation(two_nodes):
+    out, ranks = two_nodes
+    expected = (ranks[0]["after2"] + ranks[2]["after2"]) / 2
+    for r in ranks:
+        torch.testing.assert_close(r["after3"], expected, rtol=0, atol=1e-6)
+    for name in ranks[0]["buffers"]:
+        assert all(torch.equal(r["buffers"][name], ranks[0]["buffers"][name]) for r in ranks), name
+    # One process recomputing over the same batches (every rank's shard) gives the same statistics.
+    cfg = load_config(None, SWAP)
+    data = build_datasets(cfg.data.__class__(**{**cfg.data.__dict__, "augment": False}))
+    torch.manual_seed(0)
+    model = build_model("c1", data.num_classes, data.in_channels, data.image_size, cfg.model.width)
+    vector_to_parameters(expected, model.parameters())
+    batches = [
+        batch
+        for rank in range(4)
+        for batch in DataLoader(data.train, batch_size=8, sampler=ShardSampler(len(data.train), rank, 4))
+    ]
+    assert recompute_bn(model, batches, torch.device("cpu")) == len(batches)
+    for name, value in model.named_buffers():
+        torch.testing.assert_close(ranks[0]["buffers"][name].to(value.dtype), value, rtol=1e-4, atol=1e-5, msg=name)
+    summary_ok = (out / "run" / "checkpoints" / "swap_final.pt").exists()
+    assert summary_ok
+
+
+def test_swap_run_reports_phases_and_replicas(tmp_path):
+    result = run_cli(["train", *SWAP, "swap.replica_size=1", f"out_dir={tmp_path}", "name=s"], nproc=2)
+    assert_ok(result)
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert len(summary["replicas"]) == 2 and summary["phase1"]["epochs"] == 2
+    assert not summary["phase1"]["reached_threshold"]  # 99 % is out of reach: stopped at the epoch limit
+    assert "stopped at its epoch limit (2)" in result.stdout
+    assert summary["sequential_steps"] == 32 + 32  # phase 1: 2 × 16 steps; phase 2: 512 / 16 steps
+    assert 0.0 < summary["val_acc"] <= 1.0 and summary["bn_recompute_batches"] == 512 // 16
+    phases = [r["phase"] for r in read_metrics(tmp_path / "s") if r.get("event") == "phase"]
+    assert phases == [1]
+    for replica in (0, 1):
+        assert (tmp_path / "s" / "phase2" / f"replica{replica}" / "checkpoints" / "last.pt").exists()
+    # Run again: every phase is already checkpointed, so the result is recomputed, not retrained.
+    again = run_cli(["train", *SWAP, "swap.replica_size=1", f"out_dir={tmp_path}", "name=s"], nproc=2)
+    assert_ok(again)
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["val_acc"] == summary["val_acc"]
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["swap.replica_size=3"], "swap.replica_size=3 does not divide the world size 2"),
+        (["swap.replica_size=2", "swap.phase2.batch_size=15"], "swap.phase2.batch_size=15 does not divide"),
+    ],
+)
+def test_swap_configuration_errors(tmp_path, overrides, fragment):
+    result = run_cli(["train", *SWAP, *overrides, f"out_dir={tmp_path}"], nproc=2)
+    assert result.returncode != 0
+    assert sum(fragment in line for line in result.stderr.splitlines()) == 2  # on every rank
