@@ -123,3 +123,45 @@ def test_swap_configuration_errors(tmp_path, overrides, fragment):
     result = run_cli(["train", *SWAP, *overrides, f"out_dir={tmp_path}"], nproc=2)
     assert result.returncode != 0
     assert sum(fragment in line for line in result.stderr.splitlines()) == 2  # on every rank
+
+
+def test_sigkill_in_phase2_resumes_inside_the_phase(tmp_path):
+    """SIGKILL a worker during phase 2 under torchrun --max-restarts=1: the same final model as without it."""
+    import os
+    import signal
+    import time
+
+    from test_training import children
+
+    overrides = [*SWAP, "swap.replica_size=1", "swap.phase2.epochs=2", "train.log_every=1"]
+    assert_ok(run_cli(["train", *overrides, f"out_dir={tmp_path}", "name=reference"], nproc=2))
+    env = {**subprocess_env(), "NPROC_PER_NODE": "2", "MAX_RESTARTS": "1", "PYTHON": sys.executable}
+    launcher = subprocess.Popen(
+        ["bash", str(REPO / "launch" / "train.sh"), *overrides, f"out_dir={tmp_path}", "name=killed"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    metrics = tmp_path / "killed" / "phase2" / "replica0"
+    try:
+        killed = False
+        deadline = time.time() + 180
+        while not killed and time.time() < deadline and launcher.poll() is None:
+            if (metrics / "metrics.jsonl").exists() and any(
+                r.get("epoch") == 2 and "train/step_loss" in r for r in read_metrics(metrics)
+            ):
+                os.kill(children(launcher.pid)[-1], signal.SIGKILL)
+                killed = True
+            time.sleep(0.01)
+        output, _ = launcher.communicate(timeout=240)
+    finally:
+        launcher.kill()
+    assert killed and launcher.returncode == 0, output[-4000:]
+    starts = [r for r in read_metrics(metrics) if r.get("event") == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"].endswith("last.pt")  # resumed inside phase 2
+    final = torch.load(tmp_path / "killed" / "checkpoints" / "swap_final.pt", weights_only=True)["model"]
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "swap_final.pt", weights_only=True)["model"]
+    for name, value in expected.items():
+        torch.testing.assert_close(final[name], value, rtol=0, atol=1e-6, msg=name)
