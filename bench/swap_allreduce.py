@@ -1,0 +1,238 @@
+"""Cost of SWAP phase 3 (average the replicas' weights, recompute BN statistics) against one phase-1 epoch.
+
+    python bench/swap_allreduce.py                       # 4 gloo processes on CPU, both models
+    python bench/swap_allreduce.py --procs 2 --images 0.5 --repeats 1
+    python bench/swap_allreduce.py --models resnet20
+
+Run plainly, the script re-executes itself under
+``python -m torch.distributed.run --nproc-per-node=PROCS ... bench/swap_allreduce.py --worker``
+with ``OMP_NUM_THREADS=1`` (one thread per process: several processes share a small CPU).
+
+For each model the same synthetic training set (a TensorDataset of random images and random labels, built
+from a fixed seed on every rank) is used for both measurements:
+
+1. one phase-1 epoch: DDP over all ranks, SGD + cross-entropy, DistributedSampler shards, the whole
+   training set (global batch 128 for resnet20, 32 for resnet50);
+2. phase 3, as ``dist_train.swap.run_phase3`` does it: ``average_parameters`` (one all-reduce of the
+   flattened parameters, also timed on its own), then ``recompute_bn`` over each rank's ShardSampler shard
+   of the same training set, in evaluation-size batches (twice the per-rank training batch).
+
+Every timed region starts after a ``dist.barrier()``; a barrier follows it, and the time reported is the
+maximum over ranks. After a few untimed warm-up steps, epoch and phase 3 alternate ``--repeats`` times and
+the medians are printed, with the ratio phase 3 / epoch.
+
+resnet20 is the CIFAR ResNet-20 on 32x32 images; resnet50 is torchvision's ResNet-50 (1000 classes) on
+64x64 images instead of 224x224, to keep the CPU run short (the ratio is about the same: both the epoch and
+the BN pass scale with the pixels, the all-reduce does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from dist_train.data.loader import ShardSampler
+from dist_train.distributed import distributed
+from dist_train.models import build_model
+from dist_train.swap import average_parameters, recompute_bn
+from dist_train.trainer import seed_everything
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 0
+WARMUP_STEPS = 2
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model to measure and the synthetic data it trains on."""
+
+    name: str
+    num_classes: int
+    image_size: int
+    images: int  # training-set size at --images 1
+    batch: int  # global training batch
+    note: str = ""
+
+
+CASES = {
+    "resnet20": Case("resnet20", 10, 32, 2048, 128),
+    "resnet50": Case("resnet50", 1000, 64, 256, 32, note="64x64 instead of 224x224 to keep the CPU run short"),
+}
+
+
+@dataclass
+class Timings:
+    epoch: list[float]
+    average: list[float]
+    bn: list[float]
+    phase3: list[float]
+
+
+def synthetic_train_set(case: Case, size: int) -> TensorDataset:
+    """The same random images and labels on every rank (fixed generator seed)."""
+    generator = torch.Generator().manual_seed(SEED + case.image_size)
+    images = torch.randn(size, 3, case.image_size, case.image_size, generator=generator)
+    labels = torch.randint(0, case.num_classes, (size,), generator=generator)
+    return TensorDataset(images, labels)
+
+
+def max_over_ranks(values: list[float]) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def train_steps(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, limit: int = 0) -> None:
+    model.train()
+    for index, (images, labels) in enumerate(loader):
+        if limit and index == limit:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+
+def timed_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+    """One phase-1 epoch over the whole training set; the slowest rank's seconds."""
+    loader.sampler.set_epoch(epoch)
+    dist.barrier()
+    start = time.perf_counter()
+    train_steps(model, loader, optimizer)
+    elapsed = time.perf_counter() - start
+    dist.barrier()
+    return max_over_ranks([elapsed])[0]
+
+
+def timed_phase3(module: nn.Module, bn_loader: DataLoader, device: torch.device) -> tuple[float, float, float]:
+    """average_parameters then recompute_bn; the slowest rank's seconds for (average, BN, both)."""
+    dist.barrier()
+    start = time.perf_counter()
+    average_parameters(module)
+    averaged = time.perf_counter()
+    recompute_bn(module, bn_loader, device)
+    end = time.perf_counter()
+    dist.barrier()
+    average, bn, total = max_over_ranks([averaged - start, end - averaged, end - start])
+    return average, bn, total
+
+
+def measure(case: Case, scale: float, repeats: int, rank: int, world: int, device: torch.device) -> str:
+    micro = case.batch // world
+    size = max(case.batch, round(case.images * scale) // case.batch * case.batch)
+    data = synthetic_train_set(case, size)
+    seed_everything(SEED)
+    model = build_model(case.name, case.num_classes, 3, case.image_size, 0).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=SEED)
+    train_loader = DataLoader(data, batch_size=micro, sampler=sampler, drop_last=True)
+    bn_batch = 2 * micro
+    bn_loader = DataLoader(data, batch_size=bn_batch, sampler=ShardSampler(len(data), rank, world))
+
+    # Warm-up (untimed): DDP's first iterations build its buckets; allocators and kernels warm up.
+    train_steps(ddp, train_loader, optimizer, limit=WARMUP_STEPS)
+    with torch.no_grad():
+        model.train()
+        model(next(iter(bn_loader))[0])
+
+    timings = Timings([], [], [], [])
+    for repeat in range(repeats):
+        timings.epoch.append(timed_epoch(ddp, train_loader, optimizer, repeat + 1))
+        # The module itself, not the DDP wrapper: DDP would copy rank 0's BN buffers at each forward.
+        average, bn, total = timed_phase3(model, bn_loader, device)
+        timings.average.append(average)
+        timings.bn.append(bn)
+        timings.phase3.append(total)
+        if rank == 0:
+            print(
+                f"  [{case.name} run {repeat + 1}/{repeats}] epoch {timings.epoch[-1]:.2f} s, average "
+                f"{average:.4f} s, BN recompute {bn:.2f} s",
+                flush=True,
+            )
+
+    epoch, average, bn, phase3 = (
+        statistics.median(t) for t in (timings.epoch, timings.average, timings.bn, timings.phase3)
+    )
+    note = f"; {case.note}" if case.note else ""
+    return (
+        f"{case.name} ({params / 1e6:.2f}M params, {size} images {case.image_size}x{case.image_size}, "
+        f"{world} gloo processes{note}): epoch {epoch:.2f} s (batch {case.batch}, {len(train_loader)} steps) | "
+        f"average {average:.4f} s | BN recompute {bn:.2f} s (batches of {bn_batch}/rank) | "
+        f"phase 3 / epoch = {phase3 / epoch:.3f}"
+    )
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    with distributed("cpu", "gloo") as ctx:
+        if ctx.world_size < 2:
+            raise SystemExit("run under torchrun with at least 2 processes (or without --worker to launch it)")
+        if ctx.is_primary:
+            print(
+                f"SWAP phase 3 vs one phase-1 epoch: {ctx.world_size} gloo processes on CPU, "
+                f"{torch.get_num_threads()} thread each, median of {args.repeats} run(s)",
+                flush=True,
+            )
+        lines = [
+            measure(CASES[name], args.images, args.repeats, ctx.rank, ctx.world_size, ctx.device)
+            for name in args.models
+        ]
+        if ctx.is_primary:
+            print("\n".join(lines), flush=True)
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Re-execute this script under torchrun with ``--procs`` single-threaded workers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={args.procs}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        str(Path(__file__).resolve()),
+        *sys.argv[1:],
+        "--worker",
+    ]
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--procs", type=int, default=4, help="processes (gloo ranks) to launch")
+    parser.add_argument("--images", type=float, default=1.0, help="scale of the training sets (2048 and 256 images)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epoch + phase 3 runs per model (median)")
+    parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    for name in args.models:
+        if CASES[name].batch % args.procs:
+            parser.error(f"--procs {args.procs} does not divide {name}'s global batch {CASES[name].batch}")
+    if args.worker or "LOCAL_RANK" in os.environ:
+        worker(args)
+    else:
+        sys.exit(launch(args))
+
+
+if __name__ == "__main__":
+    main()
