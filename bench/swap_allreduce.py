@@ -22,8 +22,12 @@ maximum over ranks. After a few untimed warm-up steps, epoch and phase 3 alterna
 the medians are printed, with the ratio phase 3 / epoch.
 
 resnet20 is the CIFAR ResNet-20 on 32x32 images; resnet50 is torchvision's ResNet-50 (1000 classes) on
-64x64 images instead of 224x224, to keep the CPU run short (the ratio is about the same: both the epoch and
-the BN pass scale with the pixels, the all-reduce does not).
+64x64 images instead of 224x224, to keep the CPU run short. At 224x224 the compute per image (the epoch's
+and the BN pass's) grows about 12x while the all-reduces stay the same size, so the averaging's share of
+phase 3 would be smaller there.
+
+The machine's load matters: with more processes than cores, the ranks time-share the CPU; run it on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
