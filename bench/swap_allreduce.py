@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from dist_train.data.loader import ShardSampler
-from dist_train.distributed import distributed
+from dist_train.distributed import distributed, free_port
 from dist_train.models import build_model
 from dist_train.swap import average_parameters, recompute_bn
 from dist_train.trainer import seed_everything
@@ -202,9 +201,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(args: argparse.Namespace) -> int:
     """Re-execute this script under torchrun with ``--procs`` single-threaded workers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cmd = [

@@ -8,6 +8,7 @@ used with CUDA, gloo on CPU. Collectives here are no-ops when running alone.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,6 +111,13 @@ def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 60
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (for a rendezvous endpoint on this machine)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def barrier() -> None:

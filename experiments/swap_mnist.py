@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from typing import Any
 
 from common import MNIST_SPLIT, REPO, mean_std, run
 from common import parser as experiment_parser
+
+from dist_train.distributed import free_port
 
 COMMON = [
     "train.log_every=50",
@@ -92,12 +93,6 @@ def swap_overrides(args: Any, seed: int) -> list[str]:
         "dist.backend=gloo",
         "device=cpu",
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_swap(name: str, overrides: list[str], out_dir: Path, nproc: int) -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from dist_train.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
@@ -30,12 +31,6 @@ TINY = [
     "schedule.milestones=[1.5]",
     "optim.lr=0.05",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subprocess_env() -> dict[str, str]:
