@@ -125,26 +125,35 @@ def test_swap_configuration_errors(tmp_path, overrides, fragment):
     assert sum(fragment in line for line in result.stderr.splitlines()) == 2  # on every rank
 
 
-def test_sigkill_in_phase2_resumes_inside_the_phase(tmp_path):
-    """SIGKILL a worker during phase 2 under torchrun --max-restarts=1: the same final model as without it."""
+KILL_RUN = [*SWAP, "swap.replica_size=1", "swap.phase2.epochs=2", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final SWAP model of a run nobody interrupts."""
+    out = tmp_path_factory.mktemp("swap-reference")
+    assert_ok(run_cli(["train", *KILL_RUN, f"out_dir={out}", "name=reference"], nproc=2))
+    return torch.load(out / "reference" / "checkpoints" / "swap_final.pt", weights_only=True)["model"]
+
+
+def kill_during(tmp_path, metrics_dir: str) -> list[dict]:
+    """Run KILL_RUN under torchrun --max-restarts=1, SIGKILL one worker once ``metrics_dir`` logs epoch 2."""
     import os
     import signal
     import time
 
     from test_training import children
 
-    overrides = [*SWAP, "swap.replica_size=1", "swap.phase2.epochs=2", "train.log_every=1"]
-    assert_ok(run_cli(["train", *overrides, f"out_dir={tmp_path}", "name=reference"], nproc=2))
     env = {**subprocess_env(), "NPROC_PER_NODE": "2", "MAX_RESTARTS": "1", "PYTHON": sys.executable}
     launcher = subprocess.Popen(
-        ["bash", str(REPO / "launch" / "train.sh"), *overrides, f"out_dir={tmp_path}", "name=killed"],
+        ["bash", str(REPO / "launch" / "train.sh"), *KILL_RUN, f"out_dir={tmp_path}", "name=killed"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    metrics = tmp_path / "killed" / "phase2" / "replica0"
+    metrics = tmp_path / "killed" / metrics_dir
     try:
         killed = False
         deadline = time.time() + 180
@@ -159,9 +168,15 @@ def test_sigkill_in_phase2_resumes_inside_the_phase(tmp_path):
     finally:
         launcher.kill()
     assert killed and launcher.returncode == 0, output[-4000:]
-    starts = [r for r in read_metrics(metrics) if r.get("event") == "start"]
-    assert len(starts) == 2 and starts[1]["resumed_from"].endswith("last.pt")  # resumed inside phase 2
+    return [r for r in read_metrics(metrics) if r.get("event") == "start"]
+
+
+@pytest.mark.parametrize("metrics_dir, epoch_steps", [(".", 16), ("phase2/replica0", 32)], ids=["phase1", "phase2"])
+def test_sigkill_resumes_inside_the_phase(tmp_path, uninterrupted, metrics_dir, epoch_steps):
+    """SIGKILL a worker in phase 1 or 2 under torchrun --max-restarts=1: the same final model as without it."""
+    starts = kill_during(tmp_path, metrics_dir)
+    assert len(starts) == 2 and starts[1]["resumed_from"].endswith("last.pt")  # resumed inside the phase
+    assert starts[1]["step"] == epoch_steps  # from the phase's epoch-1 checkpoint
     final = torch.load(tmp_path / "killed" / "checkpoints" / "swap_final.pt", weights_only=True)["model"]
-    expected = torch.load(tmp_path / "reference" / "checkpoints" / "swap_final.pt", weights_only=True)["model"]
-    for name, value in expected.items():
+    for name, value in uninterrupted.items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=1e-6, msg=name)
