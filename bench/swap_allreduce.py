@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from dist_train.data.loader import ShardSampler
-from dist_train.distributed import distributed, free_port
+from dist_train.distributed import distributed, local_torchrun
 from dist_train.models import build_model
 from dist_train.swap import average_parameters, recompute_bn
 from dist_train.trainer import seed_everything
@@ -201,16 +201,10 @@ def worker(args: argparse.Namespace) -> None:
 
 def launch(args: argparse.Namespace) -> int:
     """Re-execute this script under torchrun with ``--procs`` single-threaded workers."""
-    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={args.procs}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{port}",
+        *local_torchrun(args.procs),
         str(Path(__file__).resolve()),
         *sys.argv[1:],
         "--worker",

@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 from common import MNIST_SPLIT, REPO, mean_std, run
 from common import parser as experiment_parser
 
-from dist_train.distributed import free_port
+from dist_train.distributed import local_torchrun
 
 COMMON = [
     "train.log_every=50",
@@ -98,12 +97,7 @@ def swap_overrides(args: Any, seed: int) -> list[str]:
 def run_swap(name: str, overrides: list[str], out_dir: Path, nproc: int) -> dict[str, Any]:
     """One SWAP job: ``nproc`` CPU workers under torchrun, one thread each; the summary plus its wall time."""
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        *local_torchrun(nproc),
         "-m",
         "dist_train",
         "train",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_train.distributed import free_port
+from dist_train.distributed import free_port, local_torchrun  # noqa: F401 - free_port is shared with the tests
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
@@ -40,15 +40,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def torchrun_cmd(nproc: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
-        *extra,
-    ]
+    return local_torchrun(nproc, *extra)
 
 
 def run_cli(args: list[str], nproc: int = 1, timeout: float = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
