@@ -143,14 +143,16 @@ def recompute_bn(
     module.train()
     for images, _ in loader:
         module(images.to(device))
-    total = 0
+    # Every forward updates every layer once: one batch count per rank, and one all-reduce for all layers.
+    count = float(layers[0].num_batches_tracked) if layers else 0.0
+    weighted = [stat.double().flatten() * count for layer in layers for stat in (layer.running_mean, layer.running_var)]
+    flat = all_reduce_sum(torch.cat([*weighted, torch.tensor([count], dtype=torch.float64)]).to(device), group).cpu()
+    total = int(flat[-1].item())
+    offset = 0
     for layer, momentum in zip(layers, momenta, strict=True):
-        count = layer.num_batches_tracked.to(torch.float64)
-        stats = torch.cat([layer.running_mean.double() * count, layer.running_var.double() * count, count.view(1)])
-        stats = all_reduce_sum(stats.to(device), group).cpu()
-        total = int(stats[-1].item())
-        layer.running_mean.copy_(stats[: layer.num_features] / max(total, 1))
-        layer.running_var.copy_(stats[layer.num_features : 2 * layer.num_features] / max(total, 1))
+        for stat in (layer.running_mean, layer.running_var):
+            stat.copy_(flat[offset : offset + stat.numel()].view_as(stat) / max(total, 1))
+            offset += stat.numel()
         layer.num_batches_tracked.fill_(total)
         layer.momentum = momentum
     module.train(was_training)
