@@ -1,13 +1,14 @@
-"""Command line: ``dist-train train|config --config FILE [key=value ...]``."""
+"""Command line: ``dist-train train|config|plan|submit|sweep|report``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from dist_train.config import Config, load_config, to_yaml
-from dist_train.errors import DistTrainError, one_line
+from dist_train.errors import ConfigError, DistTrainError, one_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +22,34 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", "-c", help="YAML config file (see configs/)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
+
+    text = "submit a run (--config) or a sweep (--sweep, as one job array) to SLURM with submitit"
+    submit = commands.add_parser("submit", help=text, description=text)
+    what = submit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", "-c", help="run config file")
+    what.add_argument("--sweep", help="sweep file (see configs/sweeps/)")
+    submit.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for the run (every run)")
+    submit.add_argument("--logs", help="submitit/SLURM log folder (default: RUN_DIR/slurm or SWEEP_DIR/slurm)")
+    submit.add_argument("--dry-run", action="store_true", help="print the sbatch options and config; submit nothing")
+    submit.add_argument("--wait", action="store_true", help="wait for the job(s) to end (through requeues)")
+    from dist_train import slurm
+
+    slurm.add_arguments(submit)
+
+    text = "run a sweep here, one run after another (finished runs are skipped)"
+    sweep = commands.add_parser("sweep", help=text, description=text)
+    sweep.add_argument("sweep", help="sweep file (see configs/sweeps/)")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
+    sweep.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun when > 1)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs; train nothing")
+
+    text = "gather runs' summary.json into report.md, report.csv and heatmap.png"
+    report = commands.add_parser("report", help=text, description=text)
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or directories holding them")
+    report.add_argument("--out", help="output directory (default: the runs' common parent)")
+    report.add_argument("--x", default="data.batch_size", help="heatmap columns (default data.batch_size)")
+    report.add_argument("--y", default="optim.lr", help="heatmap rows (default optim.lr, the base LR)")
+    report.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib needed)")
     return parser
 
 
@@ -40,9 +69,86 @@ def describe_plan(cfg: Config) -> str:
     return f"{header}\n{format_plan(plan_from_config(cfg, train_size))}\nbatch norm: {ghost}"
 
 
+def submit(args: argparse.Namespace) -> int:
+    from dist_train import slurm
+    from dist_train.sweep import describe, load_sweep
+
+    options = slurm.options_from_args(args)
+    if args.sweep:
+        plan = load_sweep(args.sweep, tuple(args.overrides))
+        configs = [run.config for run in plan.runs]
+        default_logs = plan.directory / "slurm"
+    else:
+        configs = [load_config(args.config, args.overrides)]
+        default_logs = Path(configs[0].out_dir) / configs[0].name / "slurm"
+    logs = Path(args.logs or default_logs).resolve()
+    configs = [slurm.prepare(cfg, options) for cfg in configs]
+    if args.dry_run:
+        print(f"# sbatch options ({len(configs)} run(s); logs in {logs})")
+        slurm.submit(configs, options, logs, dry_run=True)
+        print(f"\n# {describe(plan)}" if args.sweep else "", end="\n" if args.sweep else "")
+        print(f"\n# resolved config{' of the first run' if args.sweep else ''}\n{to_yaml(configs[0])}", end="")
+        return 0
+    jobs = slurm.submit(configs, options, logs)
+    ranks = f"{options.world_size} rank(s) on {options.nodes} node(s)"
+    if args.sweep:
+        array = jobs[0].job_id.split("_")[0]
+        at_once = f"at most {options.array_parallelism} at once"
+        print(f"submitted job array {array}: {len(jobs)} runs, {at_once}, {ranks} each")
+        print(f"runs: {plan.directory}")
+    else:
+        print(f"submitted job {jobs[0].job_id}: {ranks}")
+        print(f"run: {Path(configs[0].out_dir).resolve() / configs[0].name}")
+    print(f"logs: {logs}\nwatch: squeue --me; tensorboard --logdir {Path(configs[0].out_dir).resolve()}", flush=True)
+    if args.wait:
+        slurm.wait(jobs)
+        print(f"done: {len(jobs)} job(s) finished")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from dist_train.sweep import describe, load_sweep, run_locally
+
+    if args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    plan = load_sweep(args.sweep, tuple(args.overrides))
+    print(describe(plan), flush=True)
+    if args.dry_run:
+        return 0
+    failed = run_locally(plan, args.nproc_per_node)
+    return 1 if failed else 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from dist_train.report import write_report
+
+    written = write_report(args.runs, args.out, args.x, args.y, plot=not args.no_plot)
+    print(written["markdown"].read_text(), end="")
+    print("wrote " + ", ".join(str(path) for path in written.values()))
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may also come after options (``--nodes 2 optim.lr=0.1``)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
+        if args.command == "submit":
+            return submit(args)
+        if args.command == "sweep":
+            return run_sweep(args)
+        if args.command == "report":
+            return report(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             print(to_yaml(cfg), end="")

@@ -150,6 +150,9 @@ class TrainConfig:
     """Log step metrics every N optimizer steps."""
     deterministic: bool = False
     """Ask for deterministic kernels (cuDNN); CPU runs are deterministic anyway."""
+    stop_on_divergence: bool = True
+    """End the run after an epoch whose training loss is not finite (``diverged`` in summary.json):
+    a sweep's too-large learning rates then cost one epoch each, not a whole run."""
 
 
 @dataclass

@@ -17,6 +17,10 @@ class CheckpointError(DistTrainError):
     """A checkpoint that cannot be read or does not fit the run."""
 
 
+class ClusterError(DistTrainError):
+    """A SLURM cluster that is missing or cannot take the job (partition, submission)."""
+
+
 def one_line(error: BaseException) -> str:
     """The message of ``error`` as one line.
 

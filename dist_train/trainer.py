@@ -8,6 +8,7 @@ nothing else.
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -148,6 +149,8 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.best_accuracy = 0.0
         self.stop_requested = False  # set by a callback to end training after the current epoch
+        self.diverged = False  # an epoch's training loss was not finite
+        self.train_loss = float("nan")  # of the last epoch trained
         self._wrapped: nn.Module | None = None
 
     @property
@@ -279,6 +282,10 @@ class Trainer:
                 "train/epoch_time_s": result.seconds,
                 "train/images_per_s": result.images_per_second,
             }
+            self.train_loss = result.loss
+            if not math.isfinite(result.loss):
+                self.diverged = True
+                self.stop_requested |= self.cfg.train.stop_on_divergence
             for callback in self.callbacks:
                 callback.on_epoch_end(self, values)
             last = self.epoch == self.total_epochs or self.stop_requested
@@ -288,6 +295,10 @@ class Trainer:
                 values |= {"val/loss": val_loss, "val/acc": val_accuracy}
             self.monitor.log(self.step, values, epoch=self.epoch)
             self.monitor.print(self._epoch_line(values))
+            if self.diverged and self.stop_requested:
+                self.monitor.print(
+                    f"training loss is {result.loss}: the run diverged; stopping (train.stop_on_divergence)"
+                )
             every = self.cfg.checkpoint.every_epochs
             if last or (every and self.epoch % every == 0):
                 self.save_checkpoint()
@@ -312,6 +323,8 @@ class Trainer:
             "name": self.cfg.name,
             "epochs": self.epoch,
             "steps": self.step,
+            "train_loss": self.train_loss,
+            "diverged": self.diverged,
             "val_loss": val_loss,
             "val_acc": val_accuracy,
             "best_val_acc": self.best_accuracy,
@@ -334,6 +347,8 @@ class Trainer:
             "step": self.step,
             "best_accuracy": self.best_accuracy,
             "stop_requested": self.stop_requested,
+            "diverged": self.diverged,
+            "train_loss": self.train_loss,
             "world_size": self.ctx.world_size,
             "rng": all_gather_objects(rng_state(), self.ctx.group),
             "config": to_dict(self.cfg),
@@ -351,6 +366,8 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_accuracy = float(state.get("best_accuracy", 0.0))
         self.stop_requested = bool(state.get("stop_requested", False))
+        self.diverged = bool(state.get("diverged", False))
+        self.train_loss = float(state.get("train_loss", float("nan")))
         for callback in self.callbacks:
             if callback.name in state.get("callbacks", {}):
                 callback.load_state_dict(state["callbacks"][callback.name])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from dist_train.distributed import free_port, local_torchrun  # noqa: F401 - free_port is shared with the tests
 
@@ -86,3 +88,44 @@ def reference_run(tmp_path_factory) -> Path:
     result = run_cli(["train", *TINY, f"out_dir={out}", "name=ref"], nproc=2)
     assert_ok(result)
     return out / "ref"
+
+
+def slurm_available() -> str:
+    """Empty when a SLURM controller answers here, else why not."""
+    if shutil.which("sinfo") is None:
+        return "SLURM is not installed (sudo slurm/local_cluster.sh install && sudo slurm/local_cluster.sh start)"
+    result = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0 or not result.stdout.split():
+        return "no SLURM cluster answers here (sudo slurm/local_cluster.sh start)"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """Skip a SLURM test where no cluster answers, unless DIST_TRAIN_REQUIRE_SLURM is set (CI)."""
+    reason = slurm_available()
+    if reason:
+        if os.environ.get("DIST_TRAIN_REQUIRE_SLURM"):
+            pytest.fail(f"SLURM is required here (DIST_TRAIN_REQUIRE_SLURM) but {reason}")
+        pytest.skip(reason)
+
+
+def tiny_overrides() -> dict[str, object]:
+    """TINY as a sweep file's ``overrides`` mapping."""
+    return {item.partition("=")[0]: yaml.safe_load(item.partition("=")[2]) for item in TINY}
+
+
+def write_sweep(tmp_path: Path, grid: dict, name: str = "grid", **spec: object) -> Path:
+    """A sweep file over TINY quickstart runs (``spec`` adds or replaces top-level keys); runs go to tmp_path/runs."""
+    body = {
+        "name": name,
+        "config": str(REPO / "configs" / "quickstart.yaml"),
+        "overrides": {key: value for key, value in tiny_overrides().items() if key not in grid}
+        | {"out_dir": str(tmp_path / "runs")}
+        | spec.pop("overrides", {}),
+        "grid": grid,
+        **spec,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path

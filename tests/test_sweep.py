@@ -1,0 +1,119 @@
+"""Sweeps without SLURM: the sweep file, local runs one after another, and ``dist-train report``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY, assert_ok, run_cli, write_sweep
+from PIL import Image
+
+from dist_train.errors import ConfigError, DistTrainError
+from dist_train.report import find_runs, make_grid, write_report
+from dist_train.sweep import load_sweep, run_label
+
+
+def test_grid_expands_to_named_runs(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"data.batch_size": [16, 32], "optim.lr": [0.01, 0.1, 1.0]})
+    sweep = load_sweep(path, ("seed=3",))
+    assert [run.label for run in sweep.runs] == [
+        f"batch_size={b},lr={lr}" for b in (16, 32) for lr in ("0.01", "0.1", "1")
+    ]
+    assert sweep.directory == tmp_path / "runs" / "grid"
+    second = sweep.runs[1].config
+    assert (second.data.batch_size, second.optim.lr, second.seed) == (16, 0.1, 3)
+    assert second.name == "batch_size=16,lr=0.1" and second.model.width == 8  # the fixed overrides apply
+
+
+def test_labels_keep_full_keys_when_short_ones_collide() -> None:
+    assert run_label({"optim.lr": 0.1, "swap.phase2.lr": 0.01}) == "optim.lr=0.1,swap.phase2.lr=0.01"
+    assert run_label({"data.root": "a/b"}) == "root=a-b"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"grid": {"optim.lrr": [0.1]}}, "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+        ({"grid": {"optim.lr": 0.1}}, "grid key 'optim.lr' needs a non-empty list of values"),
+        ({"grid": {"optim.lr": []}}, "grid key 'optim.lr' needs a non-empty list of values"),
+        ({"grid": {}}, "'grid' must map config keys to lists of values"),
+        ({"grid": {"data.batch_size": [8, 8]}}, "lists a value twice"),
+        ({"grid": {"data.batch_size": [0, 8]}}, "run batch_size=0: data.batch_size must be at least 1"),
+        ({"grid": {"optim.lr": [0.1]}, "grids": 1}, "unknown sweep key 'grids'; did you mean 'grid'?"),
+        ({"grid": {"optim.lr": [0.1]}, "overrides": {"optim.lr": 0.2}}, "'optim.lr' is both in 'overrides'"),
+        ({"grid": {"optim.lr": [0.1]}, "name": "a/b"}, "'name' must be a plain directory name"),
+        ({"grid": {"optim.lr": [0.1]}, "config": "missing.yaml"}, "config file not found"),
+    ],
+)
+def test_malformed_sweeps_fail_with_one_line(tmp_path: Path, spec: dict, message: str) -> None:
+    grid = spec.pop("grid")
+    with pytest.raises(ConfigError) as error:
+        load_sweep(write_sweep(tmp_path, grid, **spec))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_sweep_file_that_is_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="a sweep file is a mapping"):
+        load_sweep(path)
+
+
+def test_local_sweep_then_report(tmp_path: Path) -> None:
+    """Four runs one after another, a rerun that skips them, and the report's table, CSV and heatmap."""
+    path = write_sweep(tmp_path, {"data.batch_size": [16, 64], "optim.lr": [0.02, 0.1]}, overrides={"train.epochs": 1})
+    result = run_cli(["sweep", str(path)], timeout=600)
+    assert_ok(result)
+    sweep_dir = tmp_path / "runs" / "grid"
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+    assert sorted(summaries) == sorted(run.label for run in load_sweep(path).runs)
+    assert summaries["batch_size=64,lr=0.1"]["steps"] == 512 // 64
+    assert summaries["batch_size=16,lr=0.02"]["config"]["optim"]["lr"] == 0.02
+
+    again = run_cli(["sweep", str(path)])
+    assert_ok(again)
+    assert again.stdout.count("done already, skipped") == 4
+
+    report = run_cli(["report", str(sweep_dir)])
+    assert_ok(report)
+    markdown = (sweep_dir / "report.md").read_text()
+    assert "| optim.lr \\ data.batch_size | 16 | 64 |" in markdown
+    assert markdown.count("| 0.02 |") + markdown.count("| 0.1 |") >= 2
+    with (sweep_dir / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for row in rows:
+        summary = summaries[row["run"]]
+        assert float(row["val_error_pct"]) == pytest.approx(100 * (1 - summary["val_acc"]))
+        assert row["status"] == "ok"
+    with Image.open(sweep_dir / "heatmap.png") as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_divergence_stops_the_run_and_shows_in_the_report(tmp_path: Path) -> None:
+    args = ["train", "--config", "configs/quickstart.yaml", *TINY, f"out_dir={tmp_path}", "train.epochs=3"]
+    assert_ok(run_cli([*args, "name=ok"]))
+    diverging = run_cli([*args, "name=blowup", "optim.lr=1e6", "train.grad_clip_norm=0"])
+    assert_ok(diverging)
+    assert "the run diverged" in diverging.stdout + diverging.stderr
+    blowup = json.loads((tmp_path / "blowup" / "summary.json").read_text())
+    assert blowup["diverged"] and blowup["epochs"] == 1  # stopped after the first epoch
+    grid = make_grid(find_runs([tmp_path]), "data.batch_size", "optim.lr")
+    assert grid.diverged[(32, 1e6)] and not grid.diverged[(32, 0.05)]
+    assert grid.best() == (32, 0.05)
+    written = write_report([tmp_path / "ok", tmp_path / "blowup"], tmp_path / "report", plot=False)
+    assert "(div.)" in written["markdown"].read_text() and "heatmap" not in written
+
+
+def test_report_errors(tmp_path: Path) -> None:
+    with pytest.raises(DistTrainError, match=r"no summary\.json under"):
+        write_report([tmp_path])
+    result = run_cli(["report", str(tmp_path / "nowhere")])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"dist-train: error: no such run directory: {tmp_path / 'nowhere'}"]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "summary.json").write_text("{not json")
+    with pytest.raises(DistTrainError, match=r"cannot read .*summary\.json"):
+        write_report([tmp_path])
