@@ -95,7 +95,7 @@ def submit(args: argparse.Namespace) -> int:
         array = jobs[0].job_id.split("_")[0]
         at_once = f"at most {options.array_parallelism} at once"
         print(f"submitted job array {array}: {len(jobs)} runs, {at_once}, {ranks} each")
-        print(f"runs: {plan.directory}")
+        print(f"runs: {configs[0].out_dir}")
     else:
         print(f"submitted job {jobs[0].job_id}: {ranks}")
         print(f"run: {Path(configs[0].out_dir).resolve() / configs[0].name}")

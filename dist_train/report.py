@@ -83,8 +83,8 @@ def varying_keys(runs: list[RunResult]) -> list[str]:
     return [key for key in keys if key not in ("name", "out_dir") and len({json.dumps(f.get(key)) for f in flats}) > 1]
 
 
-def _number(value: float, digits: int = 2) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _number(value: float | None, spec: str = ".2f") -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
 def table_rows(runs: list[RunResult], keys: list[str], root: Path) -> list[dict[str, Any]]:
@@ -164,16 +164,22 @@ def grid_markdown(grid: Grid) -> str:
     return "\n".join(lines)
 
 
+MEASURED = {
+    "val_error_pct": ".2f",
+    "val_acc_pct": ".2f",
+    "best_val_acc_pct": ".2f",
+    "train_loss": ".4g",
+    "train_seconds": ".1f",
+}
+"""Format of the measured columns; config values are shown as given."""
+
+
 def rows_markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per run; measured numbers rounded, config values (e.g. a base LR of 6.1e-05) as given."""
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [
-            _number(v, 1 if k == "train_seconds" else 2 if k.endswith("_pct") else 4)
-            if isinstance(v, float) and not isinstance(v, bool)
-            else _label(v)
-            for k, v in row.items()
-        ]
+        cells = [_number(v, MEASURED[k]) if k in MEASURED else _label(v) for k, v in row.items()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -199,9 +205,10 @@ def plot_heatmap(grid: Grid, path: Path, title: str) -> None:
     best = grid.best()
     for (x, y), err in grid.error.items():
         i, j = grid.ys.index(y), grid.xs.index(x)
-        text = "div." if grid.diverged[(x, y)] else _number(err, 1)
+        text = "div." if grid.diverged[(x, y)] else _number(err, ".1f")
         weight = "bold" if (x, y) == best else "normal"
-        axes.text(j, i, text, ha="center", va="center", fontsize=8, color="black", weight=weight)
+        dark = math.isfinite(err) and image.norm(err) > 0.6  # viridis_r is dark at high error
+        axes.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black", weight=weight)
     axes.set_xticks(range(len(grid.xs)), [_label(x) for x in grid.xs])
     axes.set_yticks(range(len(grid.ys)), [_label(y) for y in grid.ys])
     axes.set_xlabel(grid.x_key)
@@ -242,8 +249,9 @@ def write_report(
         if best
         else "Best: none (every run diverged or has no validation result)."
     )
+    shown = os.path.relpath(root) if root.is_relative_to(Path.cwd()) else str(root)
     markdown = (
-        f"# Sweep report: {len(runs)} runs under {root}\n\n"
+        f"# Sweep report: {len(runs)} runs under {shown}\n\n"
         f"Validation error (%) by {y_key} (rows) and {x_key} (columns); mean over runs in a cell, "
         f"best in bold, div. = training loss diverged.\n\n{grid_markdown(grid)}\n\n{best_line}\n\n"
         f"## Runs\n\n{rows_markdown(rows)}\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_ok, load_weights, run_cli, write_sweep
+from conftest import TINY, assert_ok, load_weights, read_metrics, run_cli, write_sweep
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytestmark = pytest.mark.usefixtures("slurm")
@@ -189,3 +189,42 @@ def test_tiny_job_on_one_task(tmp_path: Path) -> None:
     job_id_of(result)
     assert "done: 1 job(s) finished" in result.stdout
     assert json.loads((tmp_path / "quickstart" / "summary.json").read_text())["world_size"] == 1
+
+
+SWAP_RUN = [
+    "--config",
+    "configs/quickstart.yaml",
+    *TINY,
+    "device=cpu",
+    "swap.enabled=true",
+    "swap.replica_size=1",
+    "swap.phase1_max_epochs=2",
+    "swap.phase1_train_acc=0.99",
+    "swap.phase2.batch_size=8",
+    "swap.phase2.epochs=5",
+    "swap.phase2.lr=0.02",
+]
+
+
+def test_requeued_swap_job_resumes_inside_phase2(tmp_path: Path) -> None:
+    """A SWAP job preempted while its replicas train goes on from the replicas' checkpoints (phase 1 is not
+    redone) and ends with the same averaged model as an uninterrupted torchrun run."""
+    assert_ok(run_cli(["train", *SWAP_RUN[2:], f"out_dir={tmp_path}", "name=reference"], nproc=2))
+    job = job_id_of(run_cli(["submit", *SWAP_RUN, *TWO_TASKS, f"out_dir={tmp_path}", "name=requeued"]))
+    replica = tmp_path / "requeued" / "phase2" / "replica0"
+    wait_until(lambda: (replica / "checkpoints" / "last.pt").exists(), what="a phase-2 checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    release_requeued(job)
+    wait_until(lambda: job not in queued_jobs(), what=f"job {job} to finish")
+
+    phase1_starts = [r for r in read_metrics(tmp_path / "requeued") if r.get("event") == "start"]
+    replica_starts = [r for r in read_metrics(replica) if r.get("event") == "start"]
+    assert len(phase1_starts) == 1  # phase 1 ran once
+    assert len(replica_starts) == 2 and replica_starts[1]["resumed_from"].endswith("last.pt")
+    assert replica_starts[1]["step"] % 64 == 0 and replica_starts[1]["step"] >= 64  # an epoch-end checkpoint
+    final, reference = (
+        torch.load(tmp_path / name / "checkpoints" / "swap_final.pt", weights_only=True)["model"]
+        for name in ("requeued", "reference")
+    )
+    for name, value in reference.items():
+        torch.testing.assert_close(final[name], value, rtol=0, atol=1e-6, msg=name)

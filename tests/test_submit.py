@@ -1,0 +1,77 @@
+"""The parts of ``dist-train submit`` that need no cluster: option parsing, checks, the requeue callable."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY
+
+from dist_train.config import Config, load_config
+from dist_train.errors import CheckpointError, ConfigError, DataError
+from dist_train.slurm import SlurmOptions, TrainJob, parse_sbatch_options, parse_time, prepare
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [("90", 90), ("1:30:00", 90), ("0:30:30", 31), ("2-00:00:00", 2880), ("1-6", 1800), ("45:00", 45)],
+)
+def test_slurm_time_formats(text: str, minutes: int) -> None:
+    assert parse_time(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["", "soon", "1:2:3:4", "0"])
+def test_bad_time_is_one_line(text: str) -> None:
+    with pytest.raises(ConfigError, match="bad --time"):
+        parse_time(text)
+
+
+def test_sbatch_options() -> None:
+    assert parse_sbatch_options(["exclusive", "mail-type=END", "--gres=gpu:2"]) == {
+        "exclusive": True,
+        "mail-type": "END",
+        "gres": "gpu:2",
+    }
+    with pytest.raises(ConfigError, match="bad --sbatch 'Bad Key=1'"):
+        parse_sbatch_options(["Bad Key=1"])
+
+
+def test_tasks_follow_gpus() -> None:
+    assert SlurmOptions(nodes=2, gpus_per_node=8).world_size == 16
+    assert SlurmOptions(nodes=3).world_size == 3
+    assert SlurmOptions(tasks_per_node=2, gpus_per_node=4).ntasks_per_node == 2
+
+
+def quickstart(tmp_path: Path, *extra: str) -> Config:
+    return load_config(REPO / "configs" / "quickstart.yaml", [*TINY, f"out_dir={tmp_path}", *extra])
+
+
+def test_prepare_makes_paths_absolute_and_checks_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", [*TINY, "out_dir=rel", "data.root=data"])
+    prepared = prepare(cfg, SlurmOptions(tasks_per_node=2))
+    assert prepared.out_dir == str(tmp_path / "rel") and prepared.data.root == str(tmp_path / "data")
+    with pytest.raises(ConfigError, match="does not divide by world size 3"):
+        prepare(cfg, SlurmOptions(tasks_per_node=3))
+    with pytest.raises(DataError, match=r"data\.root not found"):
+        prepare(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root="nowhere")), SlurmOptions())
+
+
+def test_prepare_refuses_resume_never_over_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "quickstart" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "quickstart" / "checkpoints" / "last.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="resume=never"):
+        prepare(quickstart(tmp_path, "resume=never"), SlurmOptions())
+    with pytest.raises(ConfigError, match="resume checkpoint not found"):
+        prepare(quickstart(tmp_path, "resume=/no/such.pt"), SlurmOptions())
+
+
+def test_checkpoint_requeues_the_same_run_resuming(tmp_path: Path) -> None:
+    """What submitit calls on preemption: the same run, now with resume=auto."""
+    job = TrainJob(quickstart(tmp_path, "resume=never", "optim.lr=0.3"))
+    delayed = job.checkpoint()
+    requeued = delayed.function
+    assert isinstance(requeued, TrainJob) and requeued.cfg.resume == "auto"
+    assert dataclasses.replace(requeued.cfg, resume="never") == job.cfg
