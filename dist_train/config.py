@@ -301,19 +301,26 @@ def parse_overrides(overrides: list[str]) -> list[str]:
     return overrides
 
 
-def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
-    """The YAML mappings to merge, base files first: a file may name another with ``base: FILE``
-    (relative to its own directory) and override some of its keys."""
+def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
+    """The top-level mapping of the ``kind`` file ``path`` (empty file: {}); else a one-line ConfigError
+    (``expected`` says what the top level should be)."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' files form a cycle")
+        raise ConfigError(f"{kind} file not found: {path}")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        raise ConfigError(f"{path}: {expected}")
+    return loaded
+
+
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The YAML mappings to merge, base files first: a file may name another with ``base: FILE``
+    (relative to its own directory) and override some of its keys."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    loaded = read_yaml_mapping(path, "config", "expected a mapping of config keys at the top level")
     base = loaded.pop("base", None)
     if base is None:
         return [(path, loaded)]

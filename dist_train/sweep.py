@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from dist_train.config import Config, load_config
+from dist_train.config import Config, load_config, read_yaml_mapping
 from dist_train.distributed import local_torchrun
 from dist_train.errors import ConfigError
 
@@ -102,14 +102,7 @@ def _check_grid(grid: Any, path: Path) -> dict[str, list[Any]]:
 def load_sweep(path: str | Path, extra_overrides: tuple[str, ...] = ()) -> Sweep:
     """Read and validate a sweep file; ``extra_overrides`` (``key=value``) apply to every run."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
+    spec = read_yaml_mapping(path, "sweep", f"a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
     for key in spec:
         if key not in SWEEP_KEYS:
             close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)

@@ -6,7 +6,8 @@
 #   slurm/local_cluster.sh status         # sinfo
 #   sudo slurm/local_cluster.sh stop      # stop the daemons (the config and job state stay)
 #
-# The node is this machine: its hostname, CPU count and memory. One partition, `debug`, is the default.
+# The node is this machine (its hostname, CPU count and memory; daemons talk over 127.0.0.1, so the
+# hostname need not resolve). One partition, `debug`, is the default.
 # Jobs run as the user who submits them. start refuses to overwrite a slurm.conf this script did not write.
 set -euo pipefail
 
@@ -37,7 +38,7 @@ write_conf() {
     cat >"$CONF" <<EOF
 $MARKER
 ClusterName=dist-train-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 MpiDefault=none
@@ -62,7 +63,7 @@ SlurmdTimeout=30
 InactiveLimit=0
 MinJobAge=300
 KillWait=10
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
     echo "wrote $CONF: node $host, $cpus CPUs, $mem_mb MB"
@@ -74,11 +75,13 @@ start() {
     need_root start
     command -v slurmctld >/dev/null || die "slurmctld not found; run: sudo $0 install"
     write_conf
-    if ! pgrep -x munged >/dev/null; then
+    if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
         [ -f /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
         chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
         mkdir -p /run/munge && chown munge:munge /run/munge
-        runuser -u munge -- /usr/sbin/munged
+        runuser -u munge -- /usr/sbin/munged --force
+        for _ in $(seq 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.5; done
+        munge -n | unmunge >/dev/null || die "munged does not answer"
     fi
     running "$STATE/slurmctld.pid" || slurmctld
     running "$STATE/slurmd.pid" || slurmd
@@ -108,7 +111,10 @@ stop() {
         running "$STATE/slurmd.pid" || running "$STATE/slurmctld.pid" || break
         sleep 1
     done
+    pkill -KILL -x slurmd 2>/dev/null || true  # what did not stop in 30 s
+    pkill -KILL -x slurmctld 2>/dev/null || true
     pkill -x munged 2>/dev/null || true
+    for _ in $(seq 30); do pgrep -x munged >/dev/null || break; sleep 0.5; done
     echo "SLURM stopped"
 }
 

@@ -209,7 +209,7 @@ SWAP_RUN = [
 def test_requeued_swap_job_resumes_inside_phase2(tmp_path: Path) -> None:
     """A SWAP job preempted while its replicas train goes on from the replicas' checkpoints (phase 1 is not
     redone) and ends with the same averaged model as an uninterrupted torchrun run."""
-    assert_ok(run_cli(["train", *SWAP_RUN[2:], f"out_dir={tmp_path}", "name=reference"], nproc=2))
+    assert_ok(run_cli(["train", *SWAP_RUN, f"out_dir={tmp_path}", "name=reference"], nproc=2))
     job = job_id_of(run_cli(["submit", *SWAP_RUN, *TWO_TASKS, f"out_dir={tmp_path}", "name=requeued"]))
     replica = tmp_path / "requeued" / "phase2" / "replica0"
     wait_until(lambda: (replica / "checkpoints" / "last.pt").exists(), what="a phase-2 checkpoint")

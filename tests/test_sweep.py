@@ -117,3 +117,10 @@ def test_report_errors(tmp_path: Path) -> None:
     (tmp_path / "broken" / "summary.json").write_text("{not json")
     with pytest.raises(DistTrainError, match=r"cannot read .*summary\.json"):
         write_report([tmp_path])
+
+
+def test_local_sweep_under_torchrun(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"seed": [0]})
+    assert_ok(run_cli(["sweep", str(path), "--nproc-per-node", "2", "train.epochs=1"]))
+    summary = json.loads((tmp_path / "runs" / "grid" / "seed=0" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["config"]["train"]["epochs"] == 1
