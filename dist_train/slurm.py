@@ -58,6 +58,14 @@ class SlurmOptions:
     signal_delay_s: int = 90
     """SLURM signals the job this long before its time limit, for the requeue."""
 
+    def __post_init__(self) -> None:
+        at_least = {"nodes": 1, "array_parallelism": 1, "time_min": 1}
+        at_least |= {name: 0 for name in ("gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb")}
+        at_least |= {"max_timeouts": 0, "signal_delay_s": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+
     @property
     def ntasks_per_node(self) -> int:
         return self.tasks_per_node or self.gpus_per_node or 1
@@ -124,9 +132,6 @@ def check_cluster(options: SlurmOptions) -> None:
         raise ClusterError(
             f"SLURM partition '{options.partition}' does not exist (partitions: {', '.join(known) or 'none'})"
         )
-    for name in ("nodes", "array_parallelism"):
-        if getattr(options, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def prepare(cfg: Config, options: SlurmOptions) -> Config:

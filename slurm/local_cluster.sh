@@ -6,8 +6,9 @@
 #   slurm/local_cluster.sh status         # sinfo
 #   sudo slurm/local_cluster.sh stop      # stop the daemons (the config and job state stay)
 #
-# The node is this machine (its hostname, CPU count and memory; daemons talk over 127.0.0.1, so the
-# hostname need not resolve). One partition, `debug`, is the default.
+# The node is this machine (its hostname, CPU count and memory); the daemons talk over 127.0.0.1, so the
+# hostname need not resolve. One partition, `debug`, is the default. A requeued or cancelled job gets
+# SIGTERM, then SIGKILL 2 s later (KillWait; submitit ignores SIGTERM, so a requeued run stops within 2 s).
 # Jobs run as the user who submits them. start refuses to overwrite a slurm.conf this script did not write.
 set -euo pipefail
 
@@ -62,7 +63,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 MinJobAge=300
-KillWait=10
+KillWait=2
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

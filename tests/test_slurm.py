@@ -201,7 +201,7 @@ SWAP_RUN = [
     "swap.phase1_max_epochs=2",
     "swap.phase1_train_acc=0.99",
     "swap.phase2.batch_size=8",
-    "swap.phase2.epochs=5",
+    "swap.phase2.epochs=8",
     "swap.phase2.lr=0.02",
 ]
 

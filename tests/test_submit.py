@@ -75,3 +75,9 @@ def test_checkpoint_requeues_the_same_run_resuming(tmp_path: Path) -> None:
     requeued = delayed.function
     assert isinstance(requeued, TrainJob) and requeued.cfg.resume == "auto"
     assert dataclasses.replace(requeued.cfg, resume="never") == job.cfg
+
+
+@pytest.mark.parametrize("field", ["nodes", "array_parallelism", "gpus_per_node", "mem_gb", "signal_delay_s"])
+def test_impossible_allocations_are_refused(field: str) -> None:
+    with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be at least"):
+        SlurmOptions(**{field: -1})
