@@ -124,3 +124,19 @@ def test_local_sweep_under_torchrun(tmp_path: Path) -> None:
     assert_ok(run_cli(["sweep", str(path), "--nproc-per-node", "2", "train.epochs=1"]))
     summary = json.loads((tmp_path / "runs" / "grid" / "seed=0" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["config"]["train"]["epochs"] == 1
+
+
+def test_report_averages_seeds_in_a_cell(tmp_path: Path) -> None:
+    """Several runs of one (x, y) cell, e.g. a grid over seeds, show as their mean."""
+    config = {"data": {"batch_size": 8}, "optim": {"lr": 0.1}, "name": "x"}
+    for seed, accuracy in ((0, 0.90), (1, 0.80)):
+        run = tmp_path / f"seed={seed}"
+        run.mkdir()
+        summary = {"val_acc": accuracy, "train_loss": 0.1, "config": config | {"seed": seed}}
+        (run / "summary.json").write_text(json.dumps(summary))
+    grid = make_grid(find_runs([tmp_path]), "data.batch_size", "optim.lr")
+    assert grid.error[(8, 0.1)] == pytest.approx(15.0) and grid.count[(8, 0.1)] == 2
+    written = write_report([tmp_path], plot=False)
+    assert "| run | data.batch_size | optim.lr | seed |" in written["markdown"].read_text()  # what varies
+    with pytest.raises(DistTrainError, match="its config has no key 'optim.momentum'"):
+        write_report([tmp_path], x_key="optim.momentum", plot=False)
