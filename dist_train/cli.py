@@ -71,12 +71,17 @@ def describe_plan(cfg: Config) -> str:
 
 def submit(args: argparse.Namespace) -> int:
     from dist_train import slurm
-    from dist_train.sweep import describe, load_sweep
+    from dist_train.sweep import describe, is_done, load_sweep
 
     options = slurm.options_from_args(args)
     if args.sweep:
         plan = load_sweep(args.sweep, tuple(args.overrides))
-        configs = [run.config for run in plan.runs]
+        pending = [run for run in plan.runs if not is_done(run)]
+        if len(pending) < len(plan.runs):
+            print(f"{len(plan.runs) - len(pending)} of {len(plan.runs)} runs have finished already; not submitted")
+        if not pending:
+            return 0
+        configs = [run.config for run in pending]
         default_logs = plan.directory / "slurm"
     else:
         configs = [load_config(args.config, args.overrides)]

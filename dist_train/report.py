@@ -174,6 +174,17 @@ MEASURED = {
 """Format of the measured columns; config values are shown as given."""
 
 
+def best_per_column_markdown(grid: Grid) -> str:
+    """For each x (batch size): the best mean error and the y (base LR) it came at."""
+    lines = [f"| {grid.x_key} | best val error (%) | at {grid.y_key} |", "|---|---|---|"]
+    for x in grid.xs:
+        cells = [(err, y) for (cx, y), err in grid.error.items() if cx == x and math.isfinite(err)]
+        cells = [(err, y) for err, y in cells if not grid.diverged[(x, y)]]
+        best = min(cells, key=lambda cell: cell[0]) if cells else None
+        lines.append(f"| {_label(x)} | {_number(best[0]) if best else '–'} | {_label(best[1]) if best else '–'} |")
+    return "\n".join(lines)
+
+
 def rows_markdown(rows: list[dict[str, Any]]) -> str:
     """One line per run; measured numbers rounded, config values (e.g. a base LR of 6.1e-05) as given."""
     columns = list(rows[0])
@@ -254,6 +265,7 @@ def write_report(
         f"# Sweep report: {len(runs)} runs under {shown}\n\n"
         f"Validation error (%) by {y_key} (rows) and {x_key} (columns); mean over runs in a cell, "
         f"best in bold, div. = training loss diverged.\n\n{grid_markdown(grid)}\n\n{best_line}\n\n"
+        f"{best_per_column_markdown(grid)}\n\n"
         f"## Runs\n\n{rows_markdown(rows)}\n"
     )
     written["markdown"].write_text(markdown)

@@ -123,6 +123,9 @@ def test_sweep_goes_out_as_one_array_and_is_reported(tmp_path: Path) -> None:
     summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
     assert set(summaries) == {f"batch_size={b},lr={lr}" for b in (16, 64) for lr in (0.02, 0.1)}
     assert all(s["steps"] == 2 * 512 // s["batch_size"] for s in summaries.values())
+    again = run_cli(["submit", "--sweep", str(path), "device=cpu"])
+    assert_ok(again)
+    assert "4 of 4 runs have finished already; not submitted" in again.stdout and "submitted job" not in again.stdout
 
     assert_ok(run_cli(["report", str(sweep_dir)]))
     with (sweep_dir / "report.csv").open() as f:

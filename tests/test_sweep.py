@@ -138,5 +138,5 @@ def test_report_averages_seeds_in_a_cell(tmp_path: Path) -> None:
     assert grid.error[(8, 0.1)] == pytest.approx(15.0) and grid.count[(8, 0.1)] == 2
     written = write_report([tmp_path], plot=False)
     assert "| run | data.batch_size | optim.lr | seed |" in written["markdown"].read_text()  # what varies
-    with pytest.raises(DistTrainError, match="its config has no key 'optim.momentum'"):
+    with pytest.raises(DistTrainError, match=r"its config has no key 'optim\.momentum'"):
         write_report([tmp_path], x_key="optim.momentum", plot=False)
