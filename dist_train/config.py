@@ -223,6 +223,10 @@ class CheckpointConfig:
 
     every_epochs: int = 1
     """Write ``checkpoints/last.pt`` every N epochs (and after the last); 0 = only at the end."""
+    every_steps: int = 0
+    """Also write it every N optimizer steps inside an epoch (long epochs, preemptible jobs); 0 = off.
+    Resuming from such a checkpoint replays the epoch's data up to that step without training on
+    it, so the run continues exactly as if it had not stopped."""
 
 
 @dataclass
@@ -362,6 +366,8 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    if config.checkpoint.every_steps < 0 or config.checkpoint.every_epochs < 0:
+        raise ConfigError("checkpoint.every_steps and checkpoint.every_epochs must be at least 0")
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
     if not 0.0 <= config.data.val_fraction < 1.0:

@@ -59,6 +59,18 @@ class EpochResult:
     images_per_second: float
 
 
+@dataclass
+class EpochProgress:
+    """How far a mid-epoch checkpoint got into its epoch."""
+
+    steps: int
+    """Optimizer steps done in the epoch."""
+    totals: list[float]
+    """Summed loss, correct and count of those steps, on this rank."""
+    rng: dict[str, Any] | None = None
+    """This rank's RNG states at that point."""
+
+
 def ddp_buffer_sync(sync: bool) -> dict[str, bool]:
     """DDP's switch for copying rank 0's buffers each forward (renamed in newer torch)."""
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
@@ -150,6 +162,7 @@ class Trainer:
         self.best_accuracy = 0.0
         self.stop_requested = False  # set by a callback to end training after the current epoch
         self.diverged = False  # an epoch's training loss was not finite
+        self._partial: EpochProgress | None = None  # where a mid-epoch checkpoint left the current epoch
         self.train_loss = float("nan")  # of the last epoch trained
         self._wrapped: nn.Module | None = None
 
@@ -238,12 +251,25 @@ class Trainer:
     def train_epoch(self, epoch: int) -> EpochResult:
         self.model.train()
         seed_everything(epoch_seed(self.cfg.seed, epoch, self.ctx.rank))
-        totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
-        self.monitor.start_epoch(epoch + 1, self.train_loader.steps_per_epoch)
+        partial, self._partial = self._partial, None
+        totals = torch.tensor(partial.totals if partial else [0.0] * 3, device=self.ctx.device, dtype=torch.float64)
+        steps_per_epoch = self.train_loader.steps_per_epoch
+        self.monitor.start_epoch(epoch + 1, steps_per_epoch)
+        groups = self._micro_batch_groups(epoch)
+        if partial:  # replay the data up to the checkpoint (same RNG draws), then its RNG state
+            for _ in islice(groups, partial.steps):
+                pass
+            if partial.rng is not None:
+                set_rng_state(partial.rng)
+            self.monitor.advance(partial.steps)
+        done_before = partial.steps if partial else 0
+        every = self.cfg.checkpoint.every_steps
         start = time.perf_counter()
-        for group in self._micro_batch_groups(epoch):
+        for index, group in enumerate(groups, start=done_before + 1):
             loss_sum, correct, count, grad_norm = self.train_step(group)
             totals += torch.stack([loss_sum.double(), correct.double(), count.double()])
+            if every and self.step % every == 0 and index < steps_per_epoch:
+                self.save_checkpoint(EpochProgress(index, totals.tolist()))
             if self.step % self.cfg.train.log_every == 0:
                 loss = (loss_sum / count).item()
                 values = {"train/step_loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
@@ -255,7 +281,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.monitor.end_epoch()
         loss_sum, correct, count = totals.tolist()
-        return EpochResult(loss_sum / count, correct / count, seconds, count / seconds)
+        trained = count * (steps_per_epoch - done_before) / steps_per_epoch  # images this call trained on
+        return EpochResult(loss_sum / count, correct / count, seconds, trained / seconds)
 
     def evaluate(self) -> tuple[float, float]:
         """Loss and accuracy on the whole validation set (each image counted once over all ranks)."""
@@ -336,10 +363,16 @@ class Trainer:
         }
 
     # -- state -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly; RNG states of every rank, in rank order (a collective)."""
+    def state_dict(self, progress: EpochProgress | None = None) -> dict[str, Any]:
+        """Everything needed to continue exactly; RNG states of every rank, in rank order (a collective).
+
+        ``progress``: the checkpoint is taken inside an epoch, this far into it.
+        """
         average_bn_buffers(self.module, self.ctx.group)
         return {
+            "epoch_progress": None
+            if progress is None
+            else {"steps": progress.steps, "totals": all_gather_objects(progress.totals, self.ctx.group)},
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -374,9 +407,18 @@ class Trainer:
         rng = state.get("rng", [])
         if len(rng) == self.ctx.world_size:
             set_rng_state(rng[self.ctx.rank])
+        progress = state.get("epoch_progress")
+        if progress is not None:
+            if len(progress["totals"]) != self.ctx.world_size:
+                raise CheckpointError(
+                    f"checkpoint {source} was taken inside an epoch by {len(progress['totals'])} processes; "
+                    f"it resumes only with the same world size (this run has {self.ctx.world_size})"
+                )
+            rank_rng = rng[self.ctx.rank] if len(rng) == self.ctx.world_size else None
+            self._partial = EpochProgress(int(progress["steps"]), progress["totals"][self.ctx.rank], rank_rng)
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, progress: EpochProgress | None = None) -> None:
         """Collective (gathers RNG states); only rank 0 writes."""
-        state = self.state_dict()
+        state = self.state_dict(progress)
         if self.ctx.is_primary:
             checkpoint.atomic_save(state, self.checkpoint_path)

@@ -198,3 +198,42 @@ def test_resume_from_an_explicit_checkpoint_path(reference_run, tmp_path):
     assert f"resumed from {source} at epoch 2, step 32" in result.stdout
     summary = json.loads((tmp_path / "more" / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 16  # the same global batch: 16 steps an epoch
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, workers: int) -> None:
+    """checkpoint.every_steps: SIGKILL the run after a checkpoint inside an epoch; running it again replays
+    that epoch's data up to the checkpoint and ends with the same weights as a run never stopped."""
+    args = [
+        "train",
+        "--config",
+        "configs/quickstart.yaml",
+        *TINY,
+        "data.synthetic_train_size=4096",
+        f"data.num_workers={workers}",
+        "model.width=16",
+        "checkpoint.every_steps=10",
+        f"out_dir={tmp_path}",
+    ]
+    assert_ok(run_cli([*args, "name=straight"]))
+    command = [sys.executable, "-m", "dist_train", *args, "name=cut"]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    progress = torch.load(last, weights_only=True)["epoch_progress"]
+    assert progress is not None and 0 < progress["steps"] < 128  # the run stopped inside epoch 1
+
+    resumed = run_cli([*args, "name=cut"])
+    assert_ok(resumed)
+    assert f"at epoch 0, step {progress['steps']}" in resumed.stdout + resumed.stderr
+    straight, cut = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("straight", "cut"))
+    assert cut["steps"] == straight["steps"] == 2 * 128
+    assert cut["train_loss"] == straight["train_loss"]  # the epoch's totals survive the restart too
+    for name, tensor in load_weights(tmp_path / "straight").items():
+        assert torch.equal(tensor, load_weights(tmp_path / "cut")[name]), name
