@@ -218,7 +218,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, workers: int) -> N
     assert_ok(run_cli([*args, "name=straight"]))
     command = [sys.executable, "-m", "dist_train", *args, "name=cut"]
     process = subprocess.Popen(
-        command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     last = tmp_path / "cut" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
