@@ -200,17 +200,19 @@ def test_resume_from_an_explicit_checkpoint_path(reference_run, tmp_path):
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 16  # the same global batch: 16 steps an epoch
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize("loader", ["workers=0", "workers=2", "dali"])
+def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, loader: str, request: pytest.FixtureRequest) -> None:
     """checkpoint.every_steps: SIGKILL the run after a checkpoint inside an epoch; running it again replays
     that epoch's data up to the checkpoint and ends with the same weights as a run never stopped."""
+    if loader == "dali":
+        request.getfixturevalue("dali")
     args = [
         "train",
         "--config",
         "configs/quickstart.yaml",
         *TINY,
         "data.synthetic_train_size=4096",
-        f"data.num_workers={workers}",
+        "data.backend=dali" if loader == "dali" else f"data.num_workers={loader.removeprefix('workers=')}",
         "model.width=16",
         "checkpoint.every_steps=10",
         f"out_dir={tmp_path}",
