@@ -318,21 +318,8 @@ def add_arguments(parser: Any) -> None:
 
 
 def options_from_args(args: Any) -> SlurmOptions:
+    """The options of ``add_arguments`` (same names) as SlurmOptions."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SlurmOptions) if hasattr(args, f.name)}
     return SlurmOptions(
-        nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node,
-        tasks_per_node=args.tasks_per_node,
-        cpus_per_task=args.cpus_per_task,
-        mem_gb=args.mem_gb,
-        time_min=parse_time(args.time),
-        partition=args.partition,
-        account=args.account,
-        qos=args.qos,
-        constraint=args.constraint,
-        sbatch=tuple(args.sbatch),
-        setup=tuple(args.setup),
-        job_name=args.job_name,
-        array_parallelism=args.array_parallelism,
-        max_timeouts=args.max_timeouts,
-        signal_delay_s=args.signal_delay_s,
+        **given | {"time_min": parse_time(args.time), "sbatch": tuple(args.sbatch), "setup": tuple(args.setup)}
     )

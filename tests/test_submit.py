@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, assert_ok, run_cli
 
 from dist_train.config import Config, load_config
 from dist_train.errors import CheckpointError, ConfigError, DataError
@@ -81,3 +81,14 @@ def test_checkpoint_requeues_the_same_run_resuming(tmp_path: Path) -> None:
 def test_impossible_allocations_are_refused(field: str) -> None:
     with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be at least"):
         SlurmOptions(**{field: -1})
+
+
+def test_dry_run_of_a_gpu_job_needs_no_cluster(tmp_path: Path) -> None:
+    """One task per GPU: 2 nodes × 4 GPUs is 8 ranks; nothing is submitted and nothing is written."""
+    allocation = ["--nodes", "2", "--gpus-per-node", "4", "--setup", "module load cuda"]
+    command = ["submit", "--config", "configs/quickstart.yaml", *allocation, "--dry-run", f"out_dir={tmp_path}/r"]
+    result = run_cli(command)
+    assert_ok(result)
+    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4"):
+        assert line in result.stdout
+    assert f"out_dir: {tmp_path}/r" in result.stdout and not (tmp_path / "r").exists()
