@@ -106,7 +106,9 @@ def submit(args: argparse.Namespace) -> int:
         print(f"run: {Path(configs[0].out_dir).resolve() / configs[0].name}")
     print(f"logs: {logs}\nwatch: squeue --me; tensorboard --logdir {Path(configs[0].out_dir).resolve()}", flush=True)
     if args.wait:
-        slurm.wait(jobs)
+        for job, summary in zip(jobs, slurm.wait(jobs), strict=True):
+            steps = summary.get("steps", summary.get("sequential_steps"))  # SWAP runs count sequential steps
+            print(f"job {job.job_id}: {summary['name']}: val acc {summary['val_acc']:.2%} after {steps} steps")
         print(f"done: {len(jobs)} job(s) finished")
     return 0
 

@@ -190,7 +190,7 @@ def test_tiny_job_on_one_task(tmp_path: Path) -> None:
     """A single-task job (no process group) with the Python API's wait()."""
     result = run_cli(["submit", "--config", "configs/quickstart.yaml", *TINY, f"out_dir={tmp_path}", "--wait"])
     job_id_of(result)
-    assert "done: 1 job(s) finished" in result.stdout
+    assert "done: 1 job(s) finished" in result.stdout and ": quickstart: val acc " in result.stdout
     assert json.loads((tmp_path / "quickstart" / "summary.json").read_text())["world_size"] == 1
 
 
