@@ -87,11 +87,12 @@ def submit(args: argparse.Namespace) -> int:
         configs = [load_config(args.config, args.overrides)]
         default_logs = Path(configs[0].out_dir) / configs[0].name / "slurm"
     logs = Path(args.logs or default_logs).resolve()
-    configs = [slurm.prepare(cfg, options) for cfg in configs]
+    configs = [slurm.prepare(cfg, options) for cfg in configs]  # checks every run before anything is submitted
     if args.dry_run:
         print(f"# sbatch options ({len(configs)} run(s); logs in {logs})")
         slurm.submit(configs, options, logs, dry_run=True)
-        print(f"\n# {describe(plan)}" if args.sweep else "", end="\n" if args.sweep else "")
+        if args.sweep:
+            print(f"\n# {describe(plan)}")
         print(f"\n# resolved config{' of the first run' if args.sweep else ''}\n{to_yaml(configs[0])}", end="")
         return 0
     jobs = slurm.submit(configs, options, logs)
@@ -103,8 +104,8 @@ def submit(args: argparse.Namespace) -> int:
         print(f"runs: {configs[0].out_dir}")
     else:
         print(f"submitted job {jobs[0].job_id}: {ranks}")
-        print(f"run: {Path(configs[0].out_dir).resolve() / configs[0].name}")
-    print(f"logs: {logs}\nwatch: squeue --me; tensorboard --logdir {Path(configs[0].out_dir).resolve()}", flush=True)
+        print(f"run: {Path(configs[0].out_dir) / configs[0].name}")
+    print(f"logs: {logs}\nwatch: squeue --me; tensorboard --logdir {configs[0].out_dir}", flush=True)
     if args.wait:
         for job, summary in zip(jobs, slurm.wait(jobs), strict=True):
             steps = summary.get("steps", summary.get("sequential_steps"))  # SWAP runs count sequential steps

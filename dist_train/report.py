@@ -120,8 +120,13 @@ class Grid:
     count: dict[tuple[Any, Any], int]
     diverged: dict[tuple[Any, Any], bool]
 
-    def best(self) -> tuple[Any, Any] | None:
-        finite = [(err, cell) for cell, err in self.error.items() if math.isfinite(err) and not self.diverged[cell]]
+    def best(self, x: Any = None) -> tuple[Any, Any] | None:
+        """The cell of lowest finite error among those that did not diverge (in column ``x`` if given)."""
+        finite = [
+            (err, cell)
+            for cell, err in self.error.items()
+            if math.isfinite(err) and not self.diverged[cell] and (x is None or cell[0] == x)
+        ]
         return min(finite, key=lambda item: item[0])[1] if finite else None
 
 
@@ -178,10 +183,9 @@ def best_per_column_markdown(grid: Grid) -> str:
     """For each x (batch size): the best mean error and the y (base LR) it came at."""
     lines = [f"| {grid.x_key} | best val error (%) | at {grid.y_key} |", "|---|---|---|"]
     for x in grid.xs:
-        cells = [(err, y) for (cx, y), err in grid.error.items() if cx == x and math.isfinite(err)]
-        cells = [(err, y) for err, y in cells if not grid.diverged[(x, y)]]
-        best = min(cells, key=lambda cell: cell[0]) if cells else None
-        lines.append(f"| {_label(x)} | {_number(best[0]) if best else '–'} | {_label(best[1]) if best else '–'} |")
+        best = grid.best(x)
+        error, y = (_number(grid.error[best]), _label(best[1])) if best else ("–", "–")
+        lines.append(f"| {_label(x)} | {error} | {y} |")
     return "\n".join(lines)
 
 

@@ -178,8 +178,8 @@ class TrainJob:
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue the same run; it resumes from the run directory's last checkpoint.
 
-        Checkpoints are written at epoch ends (``checkpoint.every_epochs``), so the
-        work since the last one is redone.
+        Checkpoints are written at epoch ends (``checkpoint.every_epochs``) and, if set, every
+        ``checkpoint.every_steps`` steps, so the work since the last one is redone.
         """
         submitit = import_submitit()
         return submitit.helpers.DelayedSubmission(TrainJob(dataclasses.replace(self.cfg, resume="auto")))
@@ -227,9 +227,8 @@ def sbatch_script(executor: Any, count: int) -> str:
 
 
 def submit(cfgs: Sequence[Config], options: SlurmOptions, folder: Path, dry_run: bool = False) -> list[Any]:
-    """Submit one job per config (several go out as one job array); nothing is submitted if any
-    check fails. With ``dry_run``, print what would be submitted and return no jobs."""
-    cfgs = [prepare(cfg, options) for cfg in cfgs]
+    """Submit one job per config, each from ``prepare`` (several go out as one job array); nothing is
+    submitted if the cluster check fails. With ``dry_run``, print what would be submitted and return no jobs."""
     if not dry_run:
         check_cluster(options)
     executor = make_executor(options, folder)
