@@ -23,17 +23,18 @@ from dist_train.errors import ConfigError
 class DataConfig:
     """Where the images come from and how they are batched."""
 
-    dataset: Literal["synthetic", "cifar10", "cifar100", "mnist", "imagefolder"] = "synthetic"
+    dataset: Literal["synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder"] = "synthetic"
     """Which reader to use."""
     backend: Literal["torch", "dali"] = "torch"
     """Training loader: torch DataLoader + torchvision transforms v2, or NVIDIA DALI pipelines
     (``pip install .[dali]``; CPU operators when there is no GPU). Both give identical batches
     (shapes, dtype, layout, sample order); only the random augmentation draws differ."""
     root: str = ""
-    """Dataset directory: the CIFAR python-pickle folder, the MNIST IDX folder, or an
-    ImageFolder tree (``train/`` and optionally ``val/``). Unused for ``synthetic``."""
+    """Dataset directory: the CIFAR python-pickle folder, the (Fashion-)MNIST IDX folder, or an
+    ImageFolder tree (``train/`` and optionally ``val/``). Unused for ``synthetic``. Empty for
+    ``fashion_mnist``: ``/usr/share/datasets/fashion-mnist`` (``apt-get install -y dataset-fashion-mnist``)."""
     download: bool = False
-    """Download CIFAR/MNIST into ``root`` with torchvision when files are missing."""
+    """Download CIFAR/MNIST/Fashion-MNIST into ``root`` with torchvision when files are missing."""
     batch_size: int = 128
     """Global number of distinct samples per optimizer step (over all workers and
     accumulation steps)."""
@@ -66,6 +67,18 @@ class DataConfig:
     """Number of synthetic validation images."""
     synthetic_classes: int = 10
     """Number of synthetic classes."""
+    train_subset: int = 0
+    """Train on a fixed random subset of this many training images (seeded by ``split_seed``;
+    validation is untouched); 0 = all of them. For quick runs, tests and sweeps."""
+    cross_epoch_batches: Optional[bool] = None  # noqa: UP045 - OmegaConf reads typing.Optional
+    """Draw batches from one continuous stream of per-epoch permutations: a batch may straddle two
+    epochs and no sample is ever dropped. false: each epoch ends with its last full batch and the
+    rest of that epoch's permutation is unused (PyTorch's drop_last, the authors' code). null: true
+    exactly when ``regime.adapt`` (which plans in updates)."""
+
+    def __post_init__(self) -> None:
+        if not self.root and self.dataset == "fashion_mnist":
+            self.root = "/usr/share/datasets/fashion-mnist"
 
 
 @dataclass
@@ -170,8 +183,13 @@ class RegimeConfig:
     """none: keep optim.lr; linear: × B/B_ref; sqrt: × sqrt(B/B_ref); per_sample: lr = B × optim.lr
     (optim.lr is then the per-sample base learning rate)."""
     adapt: bool = False
-    """Regime adaptation: epochs, milestones and warm-up epochs × B/B_ref, so the number of
-    updates matches the reference."""
+    """Regime adaptation, planned in updates: the run makes the reference's number of updates, with
+    its milestones and warm-up at the same steps, whatever the dataset size (the last epoch may be
+    partial); batches are drawn across epoch boundaries unless data.cross_epoch_batches=false."""
+    warmup_epochs: float = 0.0
+    """Gradual warm-up (Goyal et al. 2017): the lr ramps linearly from the reference's optim.lr to
+    the planned (scaled) lr over this many reference epochs, converted to steps like the milestones;
+    replaces schedule.warmup_*. 0 = off (the authors' recipe has none)."""
 
 
 @dataclass

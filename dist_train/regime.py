@@ -6,16 +6,17 @@ Papers
     Hoffer, Hubara & Soudry 2017, "Train longer, generalize better": the large-batch
     generalization gap comes from too few updates. Two of their fixes are arithmetic
     on the recipe: **+LR** multiplies every learning rate by ``sqrt(B_L / B_S)``, and
-    **+RA** (regime adaptation) multiplies the epochs and every lr-drop milestone by
-    ``B_L / B_S`` so the large batch makes as many updates as the small-batch recipe.
-    Masters & Luschi 2018, "Revisiting small batch training": state the lr per
-    sample, ``lr = B × base_lr``, i.e. a constant mean weight update per gradient
-    computation.
+    **+RA** (regime adaptation) trains for as many *updates* as the small-batch recipe
+    (their code multiplies epochs and milestones by ``B_L / B_S``, which equals the
+    updates only when an epoch holds many large batches). Masters & Luschi 2018,
+    "Revisiting small batch training": state the lr per sample, ``lr = B × base_lr``.
+    Goyal et al. 2017, "Accurate, large minibatch SGD": a *gradual warm-up* from the
+    small-batch lr to the scaled one over the first epochs (not in Hoffer et al.'s code).
 
 Code
     ``make_plan`` is a pure function of a :class:`Recipe` (batch size, lr, epochs,
-    milestones and warm-up of the reference) and the run's batch size. With
-    ``ratio = B / B_ref``:
+    milestones and warm-up of the reference), the run's batch size and the training-set
+    size. With ``ratio = B / B_ref``:
 
     ============  =========================================================
     lr_rule       planned lr
@@ -27,20 +28,31 @@ Code
                   reference batch is not used    (Masters & Luschi)
     ============  =========================================================
 
-    ``adapt=True`` (Hoffer et al. +RA): ``epochs = max(1, round(epochs × ratio))``,
-    milestones × ratio, warm-up epochs × ratio; warm-up *steps* are updates and stay
-    as they are. ``adapt=False`` keeps the reference's epochs, milestones and warm-up.
-    Steps per epoch are ``train_size // B`` (or the loader's exact count when given),
-    so with ``adapt`` and a train size divisible by both batches the total number of
-    updates equals the reference's. :meth:`Plan.schedule` turns the plan into the
-    per-step :class:`~dist_train.optim.Schedule` the trainer uses.
+    The reference runs ``train_size // B_ref`` steps per epoch (drop-last, as the
+    small-batch recipe itself runs), so its updates, milestones and warm-up are known
+    in steps. ``adapt=True`` plans in updates: total updates, every milestone and the
+    warm-up are the reference's, in steps, whatever the dataset size; the run's epochs
+    are ``ceil(total / steps_per_epoch)`` and the last one may be partial (the trainer
+    stops at ``total_steps``). ``adapt=False`` keeps the reference's epochs, milestones
+    and warm-up in epochs (so a larger batch makes fewer updates).
+
+    Batches across epochs (``data.cross_epoch_batches``, on by default with ``adapt``):
+    batches are drawn from one continuous stream of epoch permutations, so every sample
+    is used once per pass; otherwise each epoch drops its incomplete last batch and the
+    plan shows the share of each epoch actually used (51 % for 8,000 images at batch 4,096).
+
+    ``warmup_epochs`` (the gradual warm-up, a switch of its own) ramps the lr linearly
+    from the reference's lr to the planned lr over that many *reference* epochs,
+    converted to this run's steps like the milestones; it replaces the recipe's own
+    warm-up. :meth:`Plan.schedule` turns the plan into the per-step
+    :class:`~dist_train.optim.Schedule` the trainer uses; ``dist-train plan`` prints it.
 
 Switches (``regime.*`` in the config)
     ``reference_batch_size`` (0 = no reference: the config's values are used as given
-    and the ratio is 1), ``lr_rule`` (none | linear | sqrt | per_sample), ``adapt``.
-    ``linear``, ``sqrt`` and ``adapt`` need a reference batch size. Gradient clipping
-    (the authors always clipped at norm 5) is ``train.grad_clip_norm`` and is only
-    reported here.
+    and the ratio is 1), ``lr_rule`` (none | linear | sqrt | per_sample), ``adapt``,
+    ``warmup_epochs``. ``linear``, ``sqrt`` and ``adapt`` need a reference batch size.
+    Gradient clipping (the authors always clipped at norm 5) is ``train.grad_clip_norm``
+    and is only reported here.
 """
 
 from __future__ import annotations
@@ -49,6 +61,7 @@ import math
 from dataclasses import dataclass, replace
 
 from dist_train.config import Config, ScheduleConfig
+from dist_train.data.loader import steps_per_epoch as epoch_steps
 from dist_train.errors import ConfigError
 from dist_train.optim import Schedule
 
@@ -69,7 +82,7 @@ class Recipe:
     """lr-drop milestones in epochs."""
     warmup_epochs: float
     warmup_steps: int
-    """Warm-up in updates; never scaled."""
+    """Warm-up in updates (takes precedence over ``warmup_epochs``)."""
 
 
 def _warmup_steps(warmup_steps: int, warmup_epochs: float, steps_per_epoch: int) -> int:
@@ -90,40 +103,55 @@ class Plan:
     """``lr / reference.lr``."""
     lr: float
     epochs: int
+    """Epochs the trainer runs; under ``adapt`` the last one may be partial."""
     milestones: tuple[float, ...]
+    """Milestones in this run's epochs (under ``adapt``: the reference's steps / steps per epoch)."""
+    milestone_steps: tuple[int, ...]
+    """The milestones as optimizer steps: what the schedule uses."""
     warmup_epochs: float
+    """Warm-up in this run's epochs (for display; the schedule uses ``warmup_total_steps``)."""
     warmup_steps: int
+    """The recipe's warm-up in updates (``schedule.warmup_steps``), 0 if given in epochs."""
+    warmup_total_steps: int
+    """Warm-up length in this run's updates."""
+    warmup_start_factor: float | None
+    """Where the warm-up starts, as a fraction of ``lr``: ``reference.lr / lr`` for the gradual
+    warm-up, None for the recipe's own (``schedule.warmup_start_factor``)."""
+    gradual_warmup_epochs: float
+    """``regime.warmup_epochs``: reference epochs of the gradual warm-up (0 = off)."""
     steps_per_epoch: int
     total_steps: int
+    cross_epoch_batches: bool
+    """Batches drawn across epoch boundaries (no sample dropped)."""
+    epoch_share_used: float
+    """Share of each epoch's samples that training uses."""
+    train_size: int
     reference_steps_per_epoch: int
     reference_total_steps: int
+    reference_milestone_steps: tuple[int, ...]
+    reference_warmup_total_steps: int
+    """The reference recipe's warm-up length in its own updates."""
     grad_clip_norm: float
 
     @property
-    def warmup_total_steps(self) -> int:
-        """Warm-up length in updates: ``warmup_steps`` if set, else warm-up epochs × steps per epoch."""
-        return _warmup_steps(self.warmup_steps, self.warmup_epochs, self.steps_per_epoch)
+    def passes(self) -> float:
+        """Passes over the training set: samples drawn / training-set size."""
+        return self.total_steps * self.batch_size / self.train_size
 
     @property
-    def reference_warmup_total_steps(self) -> int:
-        """The reference recipe's warm-up length in its own updates."""
-        ref = self.reference
-        return _warmup_steps(ref.warmup_steps, ref.warmup_epochs, self.reference_steps_per_epoch)
-
-    @property
-    def milestone_steps(self) -> tuple[int, ...]:
-        """The planned milestones as optimizer steps."""
-        return tuple(round(m * self.steps_per_epoch) for m in self.milestones)
+    def reference_passes(self) -> float:
+        return self.reference_total_steps * self.reference.batch_size / self.train_size
 
     def schedule(self, cfg: ScheduleConfig) -> Schedule:
         """The per-step lr schedule of this plan; shape parameters (name, gamma, ...) come from ``cfg``."""
+        start = cfg.warmup_start_factor if self.warmup_start_factor is None else self.warmup_start_factor
         return Schedule(
             name=cfg.name,
             total_steps=self.total_steps,
             warmup_steps=self.warmup_total_steps,
             milestone_steps=self.milestone_steps,
             gamma=cfg.gamma,
-            warmup_start_factor=cfg.warmup_start_factor,
+            warmup_start_factor=start,
             min_lr_factor=cfg.min_lr_factor,
             factors=tuple(cfg.factors),
         )
@@ -141,11 +169,15 @@ def make_plan(
     train_size: int,
     grad_clip_norm: float = 0.0,
     steps_per_epoch: int | None = None,
+    cross_epoch_batches: bool | None = None,
+    warmup_epochs: float = 0.0,
 ) -> Plan:
     """Derive the run's lr, epochs, milestones, warm-up and step counts from ``reference``.
 
     ``reference.batch_size == 0`` means "no reference": the ratio is 1 and the recipe is
     this run's own; ``linear``, ``sqrt`` and ``adapt`` then raise :class:`ConfigError`.
+    ``steps_per_epoch``: the loader's own count when known (several processes pad each epoch);
+    ``cross_epoch_batches`` None means ``adapt``; ``warmup_epochs`` is the gradual warm-up.
     """
     if lr_rule not in LR_RULES:
         raise ConfigError(f"regime.lr_rule must be one of {', '.join(LR_RULES)}, got '{lr_rule}'")
@@ -163,6 +195,8 @@ def make_plan(
         raise ConfigError(f"optim.lr must be positive, got {reference.lr}")
     if reference.epochs < 1:
         raise ConfigError(f"train.epochs must be at least 1, got {reference.epochs}")
+    if warmup_epochs < 0:
+        raise ConfigError(f"regime.warmup_epochs must be at least 0, got {warmup_epochs}")
     if train_size < batch_size:
         raise ConfigError(f"the training set has {train_size} samples, fewer than data.batch_size={batch_size}")
     if train_size < reference.batch_size:
@@ -182,17 +216,29 @@ def make_plan(
     else:
         lr = reference.lr
 
-    if adapt:
-        epochs = max(1, round(reference.epochs * ratio))
-        milestones = tuple(m * ratio for m in reference.milestones)
-        warmup_epochs = reference.warmup_epochs * ratio
-    else:
-        epochs = reference.epochs
-        milestones = tuple(reference.milestones)
-        warmup_epochs = reference.warmup_epochs
-
-    spe = train_size // batch_size if steps_per_epoch is None else steps_per_epoch
+    across = adapt if cross_epoch_batches is None else cross_epoch_batches
+    spe = epoch_steps(train_size, batch_size, across) if steps_per_epoch is None else steps_per_epoch
     ref_spe = train_size // reference.batch_size
+    ref_total = reference.epochs * ref_spe
+    ref_milestone_steps = tuple(round(m * ref_spe) for m in reference.milestones)
+    ref_warmup = _warmup_steps(reference.warmup_steps, reference.warmup_epochs, ref_spe)
+    # The gradual warm-up replaces the recipe's own; both count reference epochs (or steps).
+    warm_epochs, warm_steps = reference.warmup_epochs, reference.warmup_steps
+    if warmup_epochs > 0:
+        warm_epochs, warm_steps = warmup_epochs, 0
+    if adapt:  # in updates: the reference's, whatever the epoch length
+        total = ref_total
+        milestone_steps = ref_milestone_steps
+        warmup_total = _warmup_steps(warm_steps, warm_epochs, ref_spe)
+        epochs = -(-total // spe)
+        milestones = tuple(step / spe for step in milestone_steps)
+        warm_epochs = warmup_total / spe
+    else:  # in epochs: the reference's epochs at this run's epoch length
+        epochs = reference.epochs
+        total = epochs * spe
+        milestones = tuple(reference.milestones)
+        milestone_steps = tuple(round(m * spe) for m in milestones)
+        warmup_total = _warmup_steps(warm_steps, warm_epochs, spe)
     return Plan(
         batch_size=batch_size,
         reference=reference,
@@ -203,12 +249,21 @@ def make_plan(
         lr=lr,
         epochs=epochs,
         milestones=milestones,
-        warmup_epochs=warmup_epochs,
-        warmup_steps=reference.warmup_steps,
+        milestone_steps=milestone_steps,
+        warmup_epochs=warm_epochs,
+        warmup_steps=warm_steps,
+        warmup_total_steps=warmup_total,
+        warmup_start_factor=min(1.0, reference.lr / lr) if warmup_epochs > 0 else None,
+        gradual_warmup_epochs=warmup_epochs,
         steps_per_epoch=spe,
-        total_steps=epochs * spe,
+        total_steps=total,
+        cross_epoch_batches=across,
+        epoch_share_used=1.0 if across else min(1.0, spe * batch_size / train_size),
+        train_size=train_size,
         reference_steps_per_epoch=ref_spe,
-        reference_total_steps=reference.epochs * ref_spe,
+        reference_total_steps=ref_total,
+        reference_milestone_steps=ref_milestone_steps,
+        reference_warmup_total_steps=ref_warmup,
         grad_clip_norm=grad_clip_norm,
     )
 
@@ -237,7 +292,15 @@ def plan_from_config(cfg: Config, train_size: int, steps_per_epoch: int | None =
         train_size=train_size,
         grad_clip_norm=cfg.train.grad_clip_norm,
         steps_per_epoch=steps_per_epoch,
+        cross_epoch_batches=cross_epoch_batches(cfg),
+        warmup_epochs=regime.warmup_epochs,
     )
+
+
+def cross_epoch_batches(cfg: Config) -> bool:
+    """``data.cross_epoch_batches``, its null resolved: on exactly with ``regime.adapt``."""
+    switch = cfg.data.cross_epoch_batches
+    return cfg.regime.adapt if switch is None else switch
 
 
 def _num(x: float) -> str:
@@ -255,24 +318,41 @@ def _times(x: float) -> str:
     return f"(×{_num(x)})" if not math.isclose(x, 1.0) else ""
 
 
+def _ratio(x: float) -> str:
+    """An updates ratio: two decimals (×1.00 means the same number of updates)."""
+    return f"(×{x:.2f})" if x >= 0.01 else f"(×{x:.2g})"
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.1f} %" if x < 1 else "100 %"
+
+
 def format_plan(plan: Plan) -> str:
     """A fixed-width table: one row per quantity, columns ``reference`` and ``this run``, then a note."""
     ref = plan.reference
     lr_note = _times(plan.lr_scale)
     if plan.lr_rule == "per_sample":
         lr_note = f"({plan.batch_size} × base lr {_lr(ref.lr)} per sample)"
-    epochs_note = "(regime adaptation)" if plan.adapt and plan.epochs != ref.epochs else ""
-    if plan.total_steps == plan.reference_total_steps:
-        updates_note = "(same as reference)"
-    elif plan.reference_total_steps:
-        updates_note = _times(plan.total_steps / plan.reference_total_steps)
-    else:
-        updates_note = ""
+    epochs_note = ""
+    if plan.adapt:
+        partial = plan.total_steps - (plan.epochs - 1) * plan.steps_per_epoch
+        spe = plan.steps_per_epoch
+        last = f"; the last epoch has {partial} of {spe} steps" if partial < spe else ""
+        epochs_note = f"(regime adaptation, in updates{last})"
+    updates_note = _ratio(plan.total_steps / plan.reference_total_steps) if plan.reference_total_steps else ""
+    share_note = "(batches across epochs)" if plan.cross_epoch_batches else "(incomplete last batch dropped)"
+    warmup_note = ""
+    if plan.gradual_warmup_epochs and plan.warmup_total_steps:
+        warmup_note = f"(gradual, lr {_lr(ref.lr)} → {_lr(plan.lr)}: regime.warmup_epochs)"
     clip = _num(plan.grad_clip_norm) if plan.grad_clip_norm > 0 else "off"
+    ref_shared = plan.reference_steps_per_epoch * ref.batch_size / plan.train_size
     rows = [
         ("batch size", str(ref.batch_size), str(plan.batch_size), _times(plan.ratio)),
         (f"lr (rule {plan.lr_rule})", _lr(ref.lr), _lr(plan.lr), lr_note),
         ("epochs", str(ref.epochs), str(plan.epochs), epochs_note),
+        ("steps/epoch", str(plan.reference_steps_per_epoch), str(plan.steps_per_epoch), ""),
+        ("share of each epoch used", _percent(ref_shared), _percent(plan.epoch_share_used), share_note),
+        ("passes over the data", f"{plan.reference_passes:.1f}", f"{plan.passes:.1f}", ""),
         (
             "milestones (epochs)",
             ", ".join(_num(m) for m in ref.milestones) or "-",
@@ -281,13 +361,12 @@ def format_plan(plan: Plan) -> str:
         ),
         (
             "milestones (steps)",
-            ", ".join(str(round(m * plan.reference_steps_per_epoch)) for m in ref.milestones) or "-",
+            ", ".join(str(s) for s in plan.reference_milestone_steps) or "-",
             ", ".join(str(s) for s in plan.milestone_steps) or "-",
             "",
         ),
         ("warm-up epochs", _num(ref.warmup_epochs), _num(plan.warmup_epochs), ""),
-        ("warm-up steps", str(plan.reference_warmup_total_steps), str(plan.warmup_total_steps), ""),
-        ("steps/epoch", str(plan.reference_steps_per_epoch), str(plan.steps_per_epoch), ""),
+        ("warm-up steps", str(plan.reference_warmup_total_steps), str(plan.warmup_total_steps), warmup_note),
         ("total updates", str(plan.reference_total_steps), str(plan.total_steps), updates_note),
         ("grad clip", "-", clip, ""),
     ]

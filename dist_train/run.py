@@ -26,7 +26,7 @@ from dist_train.models import build_model
 from dist_train.monitor import Monitor, NullMonitor
 from dist_train.nn.ghost_bn import convert_to_ghost_bn
 from dist_train.optim import build_optimizer, build_scheduler
-from dist_train.regime import format_plan, plan_from_config
+from dist_train.regime import cross_epoch_batches, format_plan, plan_from_config
 from dist_train.trainer import Callback, Trainer, seed_everything
 
 
@@ -71,6 +71,7 @@ def build_trainer(
     eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
     val_loader = build_eval_loader(data.val, eval_batch, ctx.rank, ctx.world_size, cfg.data.num_workers, pin)
     plan = plan_from_config(cfg, len(data.train), train_loader.steps_per_epoch)
+    train_loader.order.total_steps = plan.total_steps  # the last epoch is partial when the plan says so
     optimizer = build_optimizer(model, cfg.optim, lr=plan.lr)
     scheduler = build_scheduler(optimizer, plan.schedule(cfg.schedule))
     callbacks: list[Callback] = list(extra_callbacks)
@@ -104,7 +105,9 @@ def build_trainer(
         steps_per_epoch=train_loader.steps_per_epoch,
     )
     if not state and ctx.is_primary:
-        monitor.image("augment/views", view_grid(train_loader, cfg.augment.copies, micro_batch, cfg.augment.layout))
+        grid, rows = view_grid(train_loader, cfg.augment.copies, micro_batch, cfg.augment.layout)
+        monitor.image("augment/views", grid)
+        monitor.text("augment/views", rows)
         monitor.text("config", f"```\n{to_yaml(cfg)}\n```")
         monitor.text("plan", f"```\n{format_plan(plan)}\n```")
     monitor.print(
@@ -135,6 +138,7 @@ def make_train_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_
             cfg.seed,
             max(1, cfg.data.num_workers),
             ctx.device.index if ctx.device.type == "cuda" else None,
+            cross_epoch_batches(cfg),
         )
     return build_train_loader(
         data.train,
@@ -146,12 +150,16 @@ def make_train_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_
         cfg.data.num_workers,
         ctx.device.type == "cuda",
         cfg.augment.layout,
+        cross_epoch_batches(cfg),
     )
 
 
-def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8) -> torch.Tensor:
-    """A picture of the training input: a row per sample, its ``copies`` augmented views side by side."""
-    images, _ = next(iter(loader.epoch(0)))
+def view_grid(
+    loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8
+) -> tuple[torch.Tensor, str]:
+    """A picture of the training input (a row per sample, its ``copies`` augmented views side by side)
+    and its caption: the class name of each row."""
+    images, labels = next(iter(loader.epoch(0)))
     images = images.float().cpu()
     index = torch.arange(copies * min(samples, micro_batch)).view(-1, copies)  # sample-major positions
     if layout == "copy_major":
@@ -159,7 +167,11 @@ def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, s
         index = view * micro_batch + sample
     picked = images[index.reshape(-1)]
     low, high = picked.amin(dim=(1, 2, 3), keepdim=True), picked.amax(dim=(1, 2, 3), keepdim=True)
-    return make_grid((picked - low) / (high - low).clamp(min=1e-6), nrow=copies, padding=1)
+    grid = make_grid((picked - low) / (high - low).clamp(min=1e-6), nrow=copies, padding=1)
+    names = getattr(loader.dataset, "classes", ())
+    rows = [int(labels[i]) for i in index[:, 0].tolist()]
+    caption = ", ".join(names[r] if r < len(names) else str(r) for r in rows)
+    return grid, f"rows, top to bottom: {caption}"
 
 
 def apply_ghost_bn(model: nn.Module, ghost_batch_size: int, micro_batch: int) -> None:

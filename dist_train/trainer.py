@@ -253,7 +253,7 @@ class Trainer:
         seed_everything(epoch_seed(self.cfg.seed, epoch, self.ctx.rank))
         partial, self._partial = self._partial, None
         totals = torch.tensor(partial.totals if partial else [0.0] * 3, device=self.ctx.device, dtype=torch.float64)
-        steps_per_epoch = self.train_loader.steps_per_epoch
+        steps_per_epoch = self.train_loader.steps_in(epoch)  # fewer in a last, partial epoch
         self.monitor.start_epoch(epoch + 1, steps_per_epoch)
         groups = self._micro_batch_groups(epoch)
         if partial:  # replay the data up to the checkpoint (same RNG draws), then its RNG state

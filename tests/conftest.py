@@ -17,6 +17,7 @@ from dist_train.distributed import free_port, local_torchrun  # noqa: F401 - fre
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install -y dataset-fashion-mnist
 
 # A run small enough for CPU tests: synthetic images, a narrow CNN, 2 epochs.
 TINY = [
@@ -79,6 +80,20 @@ def dali() -> None:
         if os.environ.get("DIST_TRAIN_REQUIRE_DALI"):
             pytest.fail("DALI is required here (DIST_TRAIN_REQUIRE_DALI) but nvidia.dali cannot be imported")
         pytest.skip("NVIDIA DALI is not installed (pip install -e '.[dali]')")
+
+
+@pytest.fixture
+def fashion_mnist() -> Path:
+    """The real Fashion-MNIST files; skip where they are not installed, unless DIST_TRAIN_REQUIRE_FASHION_MNIST
+    is set (CI)."""
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    missing = [n for n in names if not any((FASHION_MNIST / f"{n}{ext}").is_file() for ext in ("", ".gz"))]
+    if missing:
+        reason = f"Fashion-MNIST is not installed in {FASHION_MNIST} (apt-get install -y dataset-fashion-mnist)"
+        if os.environ.get("DIST_TRAIN_REQUIRE_FASHION_MNIST"):
+            pytest.fail(f"Fashion-MNIST is required here (DIST_TRAIN_REQUIRE_FASHION_MNIST) but {reason}")
+        pytest.skip(reason)
+    return FASHION_MNIST
 
 
 @pytest.fixture(scope="session")

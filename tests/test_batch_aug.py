@@ -19,6 +19,7 @@ from dist_train.data.dali import DaliTrainLoader
 from dist_train.data.loader import build_train_loader
 from dist_train.data.transforms import recipe_for
 from dist_train.data.views import arrange_views
+from dist_train.regime import cross_epoch_batches
 
 
 def test_arrange_views_layouts():
@@ -35,8 +36,9 @@ def loaders(overrides: list[str], copies: int, micro_batch: int = 8) -> dict:
     torch_data = build_datasets(cfg.data, copies=copies)
     dali_data = build_datasets(cfg.data)
     layout = cfg.augment.layout
+    across = cross_epoch_batches(cfg)
     return {
-        "torch": build_train_loader(torch_data.train, micro_batch, 1, 0, 1, 0, 0, False, layout),
+        "torch": build_train_loader(torch_data.train, micro_batch, 1, 0, 1, 0, 0, False, layout, across),
         "dali": DaliTrainLoader(
             dali_data.train,
             recipe_for(cfg.data),
@@ -50,6 +52,7 @@ def loaders(overrides: list[str], copies: int, micro_batch: int = 8) -> dict:
             0,
             1,
             None,
+            across,
         ),
     }
 
@@ -104,6 +107,22 @@ def test_backends_give_the_same_batches(source, copies, layout, jpeg_root, dali)
             pairs = [(a, b) for a in range(copies) for b in range(a + 1, copies)]
             same = sum(torch.equal(views[a, i], views[b, i]) for a, b in pairs for i in range(8))
             assert same < len(pairs) * 8 / 4
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_fashion_mnist_in_both_backends(fashion_mnist, dali, across):
+    """The real Fashion-MNIST files (a 250-image subset) through the torch and the DALI loader: same samples."""
+    overrides = ["data.dataset=fashion_mnist", "data.train_subset=250", f"data.cross_epoch_batches={across}"]
+    for epoch in (0, 1):
+        batches = {}
+        for name, loader in loaders(overrides, 1, micro_batch=32).items():
+            batches[name] = list(loader.epoch(epoch))
+        torch_batches, dali_batches = batches["torch"], batches["dali"]
+        assert len(torch_batches) == len(dali_batches) == (8 if across else 7)  # round(250 / 32) or 250 // 32
+        for (torch_images, torch_labels), (dali_images, dali_labels) in zip(torch_batches, dali_batches, strict=True):
+            assert torch_images.shape == dali_images.shape == (32, 1, 28, 28)
+            assert torch.equal(torch_labels, dali_labels)
+            torch.testing.assert_close(torch_images, dali_images, atol=1e-5, rtol=0)  # no augmentation
 
 
 def test_epochs_are_reshuffled(dali):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from dist_train.config import DataConfig
@@ -234,6 +235,70 @@ def test_real_mnist_t10k() -> None:
     assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     again = build_datasets(cfg)
     assert torch.equal(splits.val.arrays.images, again.val.arrays.images)
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------------------
+
+
+def test_fashion_mnist_real_files(fashion_mnist: Path) -> None:
+    """The installed Fashion-MNIST with the default root: its real 60,000 / 10,000 split and class names."""
+    cfg = DataConfig(dataset="fashion_mnist")
+    assert cfg.root == str(fashion_mnist)  # the default root
+    splits = build_datasets(cfg)
+    check_splits(splits, 60_000, 10_000, 10, 1, 28)
+    assert torch.bincount(splits.train.arrays.labels).tolist() == [6000] * 10
+    assert torch.bincount(splits.val.arrays.labels).tolist() == [1000] * 10  # the test set, not carved
+    assert splits.class_names[0] == "T-shirt/top" and splits.class_names[9] == "Ankle boot"
+    assert splits.train.classes == splits.class_names and splits.class_name(8) == "Bag"
+    # The mean pixel is Fashion-MNIST's (0.2860), which the normalisation uses.
+    assert splits.train.arrays.images.float().mean().item() / 255 == pytest.approx(0.2860, abs=1e-3)
+    image, _ = splits.val[0]
+    assert abs(image.mean().item()) < 0.5
+
+
+def test_fashion_mnist_subset_is_seeded(fashion_mnist: Path) -> None:
+    cfg = DataConfig(dataset="fashion_mnist", train_subset=1000)
+    first, again = build_datasets(cfg), build_datasets(cfg)
+    check_splits(first, 1000, 10_000, 10, 1, 28)
+    assert torch.equal(first.train.arrays.images, again.train.arrays.images)
+    other = build_datasets(replace(cfg, split_seed=1))
+    assert not torch.equal(first.train.arrays.labels, other.train.arrays.labels)
+    assert len(image_ids_of(first.train.arrays.images)) == 1000  # distinct images
+
+
+def image_ids_of(images: torch.Tensor) -> set[bytes]:
+    return {bytes(image.flatten().tolist()) for image in images}
+
+
+def test_fashion_mnist_missing_files_say_how_to_install(tmp_path: Path) -> None:
+    install = "apt-get install -y dataset-fashion-mnist"
+    absent = tmp_path / "absent"
+    with pytest.raises(DataError) as e:
+        build_datasets(DataConfig(dataset="fashion_mnist", root=str(absent)))
+    assert_data_error(e, "fashion_mnist", "directory not found", str(absent), install, "data.download=true")
+    with pytest.raises(DataError) as e:
+        build_datasets(DataConfig(dataset="fashion_mnist", root=str(tmp_path)))
+    assert_data_error(e, "fashion_mnist", "no IDX files", str(tmp_path), install)
+    # Only the test pair: the real split needs both; the test set is never carved into train/val.
+    write_mnist(tmp_path, "t10k", 30, compress=True)
+    with pytest.raises(DataError) as e:
+        build_datasets(DataConfig(dataset="fashion_mnist", root=str(tmp_path)))
+    assert_data_error(e, "fashion_mnist", "no train pair", "train-images-idx3-ubyte", install)
+    write_mnist(tmp_path / "FashionMNIST" / "raw", "train", 40, compress=False)  # torchvision's layout
+    write_mnist(tmp_path / "FashionMNIST" / "raw", "t10k", 20, compress=False)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    check_splits(build_datasets(DataConfig(dataset="fashion_mnist", root=str(tmp_path))), 40, 20, 10, 1, 28)
+
+
+def test_fashion_mnist_missing_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    result = run_cli(["train", "--config", "configs/fashion_mnist_f1_sb.yaml", f"data.root={tmp_path / 'none'}"])
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"dist-train: error: fashion_mnist: directory not found: {tmp_path / 'none'} "
+        "(install it: apt-get install -y dataset-fashion-mnist; or set data.download=true)"
+    )
 
 
 # --- ImageFolder -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from dist_train.regime import Plan, Recipe, format_plan, make_plan, plan_from_co
 
 REF = Recipe(batch_size=128, lr=0.1, epochs=10, milestones=(4.0, 8.0), warmup_epochs=1.0, warmup_steps=0)
 TRAIN = 8192  # divisible by 128 and 4096: 64 vs 2 steps per epoch
+REPO = Path(__file__).resolve().parents[1]
 
 
 def plan(rule: str, adapt: bool, batch: int = 4096, ref: Recipe = REF, **kw) -> Plan:
@@ -103,6 +105,14 @@ def test_config_errors(kwargs, match):
         make_plan(ref, batch_size=batch, train_size=TRAIN, **args)
 
 
+def cfg_overrides(cfg) -> list[str]:
+    return [
+        f"data.batch_size={cfg.data.batch_size}",
+        f"regime.reference_batch_size={cfg.regime.reference_batch_size}",
+        f"regime.adapt={str(cfg.regime.adapt).lower()}",
+    ]
+
+
 def test_plan_from_config():
     cfg = load_config(
         None,
@@ -122,7 +132,12 @@ def test_plan_from_config():
     assert p.reference == REF
     assert p.lr == pytest.approx(0.1 * math.sqrt(32)) and p.epochs == 320
     assert p.total_steps == p.reference_total_steps == 640 and p.grad_clip_norm == 5.0
-    assert plan_from_config(cfg, train_size=TRAIN, steps_per_epoch=3).total_steps == 960
+    assert p.cross_epoch_batches  # data.cross_epoch_batches is null: on with adapt
+    # Another epoch length (the loader's count) changes the epochs, never the updates.
+    other = plan_from_config(cfg, train_size=TRAIN, steps_per_epoch=3)
+    assert other.total_steps == 640 and other.epochs == 214 and other.milestone_steps == (256, 512)
+    off = load_config(None, [*cfg_overrides(cfg), "data.cross_epoch_batches=false"])
+    assert not plan_from_config(off, train_size=TRAIN).cross_epoch_batches
 
 
 def test_plan_from_config_without_reference():
@@ -169,10 +184,12 @@ def test_format_plan_shows_key_numbers():
     text = format_plan(p)
     lines = text.splitlines()
     assert "reference" in lines[0] and "this run" in lines[0]
-    for needle in ("128", "4096", "×32", "rule sqrt", "0.1000", "0.5657", "100", "3200", "regime adaptation"):
+    for needle in ("128", "4096", "×32", "rule sqrt", "0.1000", "0.5657", "100", "3250", "regime adaptation"):
         assert needle in text, needle
-    for needle in ("81, 122, 164", "2592, 3904, 5248", "390", "12", "39000", "38400", "warm-up", "grad clip"):
+    for needle in ("81, 122, 164", "31590, 47580, 63960", "390", "12", "39000", "warm-up", "grad clip"):
         assert needle in text, needle
+    updates = next(line for line in lines if line.startswith("total updates"))
+    assert updates.split()[2:] == ["39000", "39000", "(×1.00)"]
     clip = next(line for line in lines if line.startswith("grad clip"))
     assert clip.split()[-1] == "5"
     # The notes start in the same column on every row that has one.
@@ -184,3 +201,93 @@ def test_format_plan_per_sample_and_off_clip():
     text = format_plan(plan("per_sample", adapt=False, ref=Recipe(128, 1e-4, 10, (), 0.0, 0), batch=64))
     assert "rule per_sample" in text and "0.0064" in text and "per sample" in text
     assert "off" in text and "(×0.5)" in text
+
+
+# --- regime adaptation in updates -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("train_size", "batch", "reference_batch"),
+    [
+        (8192, 4096, 128),  # divides: 64 reference steps per epoch, 2 large ones
+        (8000, 4096, 128),  # the MNIST split: 62 reference steps, 1.95 large batches per epoch
+        (60_000, 2048, 128),  # Fashion-MNIST: 468 and 29.3
+        (50_000, 4096, 256),  # CIFAR: 195 and 12.2
+        (1000, 96, 32),  # 31 and 10.4
+    ],
+)
+@pytest.mark.parametrize("across", [None, False, True])
+def test_adapt_matches_the_reference_updates_milestones_and_warmup(train_size, batch, reference_batch, across):
+    ref = Recipe(reference_batch, 0.1, 7, (2.0, 4.5, 6.0), 0.5, 0)
+    p = make_plan(ref, batch, "sqrt", adapt=True, train_size=train_size, cross_epoch_batches=across)
+    ref_spe = train_size // reference_batch
+    assert p.reference_steps_per_epoch == ref_spe
+    assert p.total_steps == p.reference_total_steps == 7 * ref_spe
+    assert p.milestone_steps == p.reference_milestone_steps == tuple(round(m * ref_spe) for m in ref.milestones)
+    assert p.warmup_total_steps == p.reference_warmup_total_steps == round(0.5 * ref_spe)
+    assert p.cross_epoch_batches is (across is not False)  # on by default with adapt
+    # Enough epochs for every update; the last one may be partial, never empty.
+    assert (p.epochs - 1) * p.steps_per_epoch < p.total_steps <= p.epochs * p.steps_per_epoch
+    # The schedule drops at the reference's steps.
+    schedule = p.schedule(ScheduleConfig(name="step", milestones=list(ref.milestones)))
+    reference = Schedule.from_config(
+        ScheduleConfig(name="step", milestones=list(ref.milestones), warmup_epochs=0.5), ref_spe, 7
+    )
+    assert all(schedule(s) == pytest.approx(reference(s)) for s in range(p.total_steps))
+    updates = next(line for line in format_plan(p).splitlines() if line.startswith("total updates"))
+    assert updates.endswith("(×1.00)"), updates
+
+
+def test_mnist_plan_no_longer_loses_half_the_updates():
+    """8,000 images at batch 4,096: one drop-last step per epoch, so epochs × 32 made 1,280 of 2,480 updates."""
+    cfg = load_config(REPO / "configs" / "mnist_f1_lb_lr_gbn_ra.yaml")
+    p = plan_from_config(cfg, train_size=8000)
+    assert p.reference_total_steps == p.total_steps == 2480
+    assert p.milestone_steps == (620, 1240, 1860) and p.steps_per_epoch == 2 and p.epochs == 1240
+    text = format_plan(p)
+    assert "(×1.00)" in text and "batches across epochs" in text
+    share = next(line for line in text.splitlines() if line.startswith("share of each epoch used"))
+    assert share.split()[5:8] == ["99.2", "%", "100"]  # 62 × 128 of 8,000; all of it
+
+
+def test_share_of_each_epoch_used_without_cross_epoch_batches():
+    p = make_plan(REF, 4096, "none", adapt=True, train_size=8000, cross_epoch_batches=False)
+    assert p.steps_per_epoch == 1 and p.epoch_share_used == pytest.approx(4096 / 8000)
+    assert p.total_steps == p.reference_total_steps == 620 and p.epochs == 620
+    assert "51.2 %" in format_plan(p) and "incomplete last batch dropped" in format_plan(p)
+    assert make_plan(REF, 4096, "none", adapt=False, train_size=8000).epoch_share_used == pytest.approx(0.512)
+
+
+# --- gradual warm-up ------------------------------------------------------------------------------
+
+
+def test_gradual_warmup_from_the_reference_lr():
+    ref = Recipe(128, 0.1, 10, (6.0, 8.0), 0.0, 0)
+    p = make_plan(ref, 2048, "sqrt", adapt=False, train_size=60_000, warmup_epochs=2)
+    assert p.lr == pytest.approx(0.4) and p.steps_per_epoch == 29
+    assert p.gradual_warmup_epochs == 2 and p.warmup_total_steps == 58 and p.warmup_epochs == 2
+    assert p.warmup_start_factor == pytest.approx(0.25)
+    schedule = p.schedule(ScheduleConfig(name="step", milestones=[6, 8], warmup_start_factor=0.0))
+    assert schedule(0) * p.lr == pytest.approx(0.1)  # starts at the reference's lr
+    assert schedule(29) * p.lr == pytest.approx(0.25)
+    assert schedule(58) == 1.0 and schedule(174) == pytest.approx(0.1)
+    text = format_plan(p)
+    row = next(line for line in text.splitlines() if line.startswith("warm-up steps"))
+    assert row.split()[2:4] == ["0", "58"] and "gradual" in row and "regime.warmup_epochs" in row
+    # Off (the authors' recipe): no warm-up, the recipe's own start factor.
+    off = make_plan(ref, 2048, "sqrt", adapt=False, train_size=60_000)
+    assert off.warmup_total_steps == 0 and off.warmup_start_factor is None and "gradual" not in format_plan(off)
+
+
+def test_gradual_warmup_under_adapt_counts_reference_epochs_and_replaces_the_recipes():
+    ref = Recipe(128, 0.1, 10, (6.0, 8.0), 0.0, warmup_steps=30)
+    p = make_plan(ref, 2048, "sqrt", adapt=True, train_size=60_000, warmup_epochs=2)
+    assert p.warmup_total_steps == 2 * 468 and p.reference_warmup_total_steps == 30
+    with pytest.raises(ConfigError, match=re.escape("regime.warmup_epochs")):
+        make_plan(ref, 2048, "sqrt", adapt=True, train_size=60_000, warmup_epochs=-1)
+
+
+def test_warmup_switch_from_the_config():
+    cfg = load_config(REPO / "configs" / "fashion_mnist_f1_lb_lr.yaml", ["regime.warmup_epochs=2"])
+    p = plan_from_config(cfg, train_size=60_000)
+    assert p.warmup_total_steps == 58 and p.warmup_start_factor == pytest.approx(0.25)

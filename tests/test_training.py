@@ -200,7 +200,12 @@ def test_resume_from_an_explicit_checkpoint_path(reference_run, tmp_path):
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 16  # the same global batch: 16 steps an epoch
 
 
-@pytest.mark.parametrize("loader", ["workers=0", "workers=2", "dali"])
+# Regime adaptation in updates, with batches across epochs: 4,010 images at batch 32 (125.3 per epoch) for
+# the reference's 2 × 125 updates; the batches of the second epoch straddle the first permutation's end.
+ACROSS_EPOCHS = ["data.synthetic_train_size=4010", "regime.reference_batch_size=32", "regime.adapt=true"]
+
+
+@pytest.mark.parametrize("loader", ["workers=0", "workers=2", "dali", "across-epochs"])
 def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, loader: str, request: pytest.FixtureRequest) -> None:
     """checkpoint.every_steps: SIGKILL the run after a checkpoint inside an epoch; running it again replays
     that epoch's data up to the checkpoint and ends with the same weights as a run never stopped."""
@@ -217,6 +222,10 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, loader: str, reque
         "checkpoint.every_steps=10",
         f"out_dir={tmp_path}",
     ]
+    if loader == "across-epochs":
+        args[args.index("data.num_workers=across-epochs")] = "data.num_workers=0"
+        args += ACROSS_EPOCHS
+    steps_per_epoch = 125 if loader == "across-epochs" else 128
     assert_ok(run_cli([*args, "name=straight"]))
     command = [sys.executable, "-m", "dist_train", *args, "name=cut"]
     process = subprocess.Popen(
@@ -229,13 +238,13 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, loader: str, reque
     process.kill()
     process.wait()
     progress = torch.load(last, weights_only=True)["epoch_progress"]
-    assert progress is not None and 0 < progress["steps"] < 128  # the run stopped inside epoch 1
+    assert progress is not None and 0 < progress["steps"] < steps_per_epoch  # the run stopped inside epoch 1
 
     resumed = run_cli([*args, "name=cut"])
     assert_ok(resumed)
     assert f"at epoch 0, step {progress['steps']}" in resumed.stdout + resumed.stderr
     straight, cut = (json.loads((tmp_path / name / "summary.json").read_text()) for name in ("straight", "cut"))
-    assert cut["steps"] == straight["steps"] == 2 * 128
+    assert cut["steps"] == straight["steps"] == 2 * steps_per_epoch
     assert cut["train_loss"] == straight["train_loss"]  # the epoch's totals survive the restart too
     for name, tensor in load_weights(tmp_path / "straight").items():
         assert torch.equal(tensor, load_weights(tmp_path / "cut")[name]), name

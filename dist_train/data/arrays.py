@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,9 +62,11 @@ def split(arrays: ImageArrays, val_fraction: float, seed: int) -> tuple[ImageArr
 class TensorImageDataset(Dataset):
     """Items ``(transform(image), label)`` from an :class:`ImageArrays`."""
 
-    def __init__(self, arrays: ImageArrays, transform: Transform | None = None) -> None:
+    def __init__(self, arrays: ImageArrays, transform: Transform | None = None, classes: Sequence[str] = ()) -> None:
         self.arrays = arrays
         self.transform = transform
+        self.classes = tuple(classes)
+        """Name of each label (torchvision's ``classes``); empty: unnamed."""
 
     def __len__(self) -> int:
         return len(self.arrays)

@@ -6,10 +6,11 @@ GPU with ``device="mixed"`` when there is one). The M views of batch
 augmentation are M random crops/flips of that one decoded image. Without CUDA
 the pipeline runs CPU operators only (``device_id=None``).
 
-Sample order is the torch backend's: each epoch's indices come from the same
-DistributedSampler (sharded by global rank and world size, reshuffled with a
-seed that depends on the epoch, every rank the same number of steps), so
-``data.backend: torch | dali`` changes the augmentation draws and nothing else.
+Sample order is the torch backend's: each epoch's micro-batches come from the same
+:class:`~dist_train.data.loader.BatchOrder` (sharded by global rank and world size,
+reshuffled with a seed that depends on the epoch, every rank the same number of
+steps, per epoch or across epoch boundaries), so ``data.backend: torch | dali``
+changes the augmentation draws and nothing else.
 Evaluation uses the torch loader.
 """
 
@@ -21,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from dist_train.data.arrays import TensorImageDataset
 from dist_train.data.imagefolder import ImageFileDataset
-from dist_train.data.loader import epoch_seed
+from dist_train.data.loader import BatchOrder, epoch_seed
 from dist_train.data.transforms import Recipe
 from dist_train.data.views import arrange_views
 from dist_train.errors import ConfigError
@@ -102,32 +103,39 @@ class DaliTrainLoader:
     seed: int
     num_threads: int
     device_id: int | None
-    steps_per_epoch: int = 0
+    across_epochs: bool = False
 
     def __post_init__(self) -> None:
         self.dali = import_dali()
         if not isinstance(self.dataset, TensorImageDataset | ImageFileDataset):
             raise ConfigError(f"data.backend=dali cannot read {type(self.dataset).__name__}")
-        self.sampler = DistributedSampler(
-            self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=self.seed
+        self.order = BatchOrder(
+            len(self.dataset),
+            self.micro_batch,
+            self.grad_accum_steps,
+            self.rank,
+            self.world_size,
+            self.seed,
+            self.across_epochs,
         )
-        self.steps_per_epoch = len(self.sampler) // self.micro_batch // self.grad_accum_steps
-        if self.steps_per_epoch == 0:
-            raise ConfigError("the training set is smaller than one global batch")
         if isinstance(self.dataset, TensorImageDataset):
             arrays = self.dataset.arrays
             self.images = np.ascontiguousarray(arrays.images.permute(0, 2, 3, 1).numpy())  # NHWC for DALI
             self.labels = arrays.labels.numpy().astype(np.int64)
 
     @property
+    def steps_per_epoch(self) -> int:
+        return self.order.steps_per_epoch
+
+    def steps_in(self, epoch: int) -> int:
+        return self.order.steps_in(epoch)
+
+    @property
     def device(self) -> str:
         return "cpu" if self.device_id is None else "gpu"
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        self.sampler.set_epoch(epoch)
-        order = np.fromiter(iter(self.sampler), dtype=np.int64)
-        wanted = self.steps_per_epoch * self.grad_accum_steps
-        return [order[i * self.micro_batch : (i + 1) * self.micro_batch] for i in range(wanted)]
+        return [np.asarray(batch, dtype=np.int64) for batch in self.order.micro_batches(epoch)]
 
     def _pipeline(self, batches: list[np.ndarray], epoch: int) -> Any:
         dali, fn, types = self.dali, self.dali.fn, self.dali.types

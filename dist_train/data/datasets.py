@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch.utils.data import Dataset
 
 from dist_train.config import DataConfig
 from dist_train.data.arrays import ImageArrays, TensorImageDataset, Transform, split
 from dist_train.data.cifar import LAYOUTS, load_cifar
 from dist_train.data.imagefolder import ImageFileDataset, load_imagefolder
-from dist_train.data.mnist import load_mnist
+from dist_train.data.mnist import IDX_SETS, load_mnist
 from dist_train.data.synthetic import make_synthetic
 from dist_train.data.transforms import build_transform, recipe_for
 from dist_train.data.views import ManyViews
 from dist_train.errors import ConfigError, DataError
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "imagefolder")
+DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @dataclass
@@ -31,6 +33,11 @@ class DatasetSplits:
     in_channels: int
     image_size: int
     """Side of the (square) training input."""
+    class_names: tuple[str, ...] = ()
+    """Name of each label (shown in TensorBoard); empty: the label numbers."""
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if label < len(self.class_names) else str(label)
 
 
 def _transforms(cfg: DataConfig, size: int, copies: int) -> tuple[Transform, Transform]:
@@ -40,13 +47,36 @@ def _transforms(cfg: DataConfig, size: int, copies: int) -> tuple[Transform, Tra
     return (ManyViews(train, copies) if copies > 1 else train), build_transform(cfg.dataset, size, train=False)
 
 
-def _from_arrays(cfg: DataConfig, train: ImageArrays, val: ImageArrays, num_classes: int, copies: int) -> DatasetSplits:
+def subset_indices(length: int, size: int, seed: int) -> torch.Tensor:
+    """``size`` distinct indices of ``range(length)``, sorted, from a seeded permutation (all of them if 0)."""
+    if size < 0:
+        raise ConfigError(f"data.train_subset must be at least 0, got {size}")
+    if size == 0 or size >= length:
+        return torch.arange(length)
+    return torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
+def _from_arrays(
+    cfg: DataConfig,
+    train: ImageArrays,
+    val: ImageArrays,
+    num_classes: int,
+    copies: int,
+    class_names: tuple[str, ...] = (),
+) -> DatasetSplits:
     _, channels, height, width = train.images.shape
     if height != width:
         raise DataError(f"{cfg.dataset}: images in {cfg.root} are {height}×{width}, expected square images")
+    if cfg.train_subset:
+        train = train.subset(subset_indices(len(train), cfg.train_subset, cfg.split_seed))
     train_tf, val_tf = _transforms(cfg, height, copies)
     return DatasetSplits(
-        TensorImageDataset(train, train_tf), TensorImageDataset(val, val_tf), num_classes, channels, height
+        TensorImageDataset(train, train_tf, class_names),
+        TensorImageDataset(val, val_tf, class_names),
+        num_classes,
+        channels,
+        height,
+        class_names,
     )
 
 
@@ -61,19 +91,23 @@ def build_datasets(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
         raise ConfigError(f"data.root is required for data.dataset={cfg.dataset}")
     if cfg.dataset in LAYOUTS:
         train, val, classes = load_cifar(cfg.dataset, cfg.root, cfg.download)
-        return _from_arrays(cfg, train, val, classes, copies)
-    if cfg.dataset == "mnist":
-        train, test = load_mnist(cfg.root, cfg.download)
-        if test is None:
+        return _from_arrays(cfg, train, val, classes, copies, CIFAR10_CLASSES if classes == 10 else ())
+    if cfg.dataset in IDX_SETS:
+        idx = IDX_SETS[cfg.dataset]
+        train, test = load_mnist(cfg.root, cfg.download, idx)
+        if test is None:  # MNIST given one pair only: hold out part of it
             train, test = split(train, cfg.val_fraction, cfg.split_seed)
-        return _from_arrays(cfg, train, test, 10, copies)
+        return _from_arrays(cfg, train, test, len(idx.class_names), copies, idx.class_names)
     size = cfg.image_size or 224
     train_files, val_files, classes = load_imagefolder(cfg.root, cfg.val_fraction, cfg.split_seed)
+    if cfg.train_subset:
+        train_files = [train_files[i] for i in subset_indices(len(train_files), cfg.train_subset, cfg.split_seed)]
     train_tf, val_tf = _transforms(cfg, size, copies)
     return DatasetSplits(
-        ImageFileDataset(train_files, train_tf),
-        ImageFileDataset(val_files, val_tf),
+        ImageFileDataset(train_files, train_tf, classes),
+        ImageFileDataset(val_files, val_tf, classes),
         len(classes),
         3,
         size,
+        tuple(classes),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,11 @@ def scan(split_dir: Path, class_index: dict[str, int] | None = None) -> tuple[Sa
 class ImageFileDataset(Dataset):
     """Items ``(transform(image), label)``, decoding each file when it is loaded."""
 
-    def __init__(self, samples: Samples, transform: Transform | None = None) -> None:
+    def __init__(self, samples: Samples, transform: Transform | None = None, classes: Sequence[str] = ()) -> None:
         self.samples = samples
         self.transform = transform
+        self.classes = tuple(classes)
+        """Name of each label (the class folders)."""
 
     def __len__(self) -> int:
         return len(self.samples)

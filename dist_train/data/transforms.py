@@ -35,6 +35,7 @@ RECIPES: dict[str, Recipe] = {
     "cifar100": Recipe("pad", False, True, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "synthetic": Recipe("pad", False, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
     "mnist": Recipe("none", False, False, (0.1307,), (0.3081,)),
+    "fashion_mnist": Recipe("none", False, False, (0.2860,), (0.3530,)),
     "imagefolder": Recipe("resized", True, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 

@@ -1,7 +1,8 @@
 """Run under torchrun: which samples each rank's training loader yields, for both backends.
 
 Images are constant and encode their own index, augmentation is off, so the index
-can be read back from any normalised pixel. Writes ``OUT/rank{r}.json``.
+can be read back from any normalised pixel. Writes ``OUT/rank{r}.json``. A fourth
+argument ``across`` draws the batches across epoch boundaries (data.cross_epoch_batches).
 """
 
 import json
@@ -34,13 +35,13 @@ def decode(images: torch.Tensor) -> list[int]:
     return (pixels[:, 0] * 256 + pixels[:, 1]).tolist()
 
 
-def main(out: Path, length: int, micro_batch: int) -> None:
+def main(out: Path, length: int, micro_batch: int, across: bool = False) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dataset = indexed_dataset(length)
     recipe = recipe_for(load_config(None, ["data.augment=false"]).data)
     loaders = {
-        "torch": build_train_loader(dataset, micro_batch, 1, rank, world, 0, 0, False),
-        "dali": DaliTrainLoader(dataset, recipe, 8, micro_batch, 1, 1, "copy_major", rank, world, 0, 1, None),
+        "torch": build_train_loader(dataset, micro_batch, 1, rank, world, 0, 0, False, across_epochs=across),
+        "dali": DaliTrainLoader(dataset, recipe, 8, micro_batch, 1, 1, "copy_major", rank, world, 0, 1, None, across),
     }
     seen = {
         name: {str(epoch): [i for images, _ in loader.epoch(epoch) for i in decode(images)] for epoch in (0, 1)}
@@ -50,4 +51,4 @@ def main(out: Path, length: int, micro_batch: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:] == ["across"])
