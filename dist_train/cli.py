@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 from dist_train.config import Config, load_config, to_yaml
-from dist_train.errors import ConfigError, DistTrainError, one_line
+from dist_train.errors import ConfigError, DistTrainError, describe_os_error, one_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,6 +149,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _fail(message: str) -> int:
+    """Report one error line; one write per line, so the lines of several ranks never interleave."""
+    os.write(2, f"{_rank_prefix()}dist-train: error: {message}\n".encode())
+    return 1
+
+
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def resource_failure(error: RuntimeError) -> str | None:
+    """One line for the runtime errors that are the machine's or another rank's doing, not a bug here."""
+    text = str(error)
+    if "out of memory" in text.lower() or "can't allocate memory" in text:
+        where = "GPU" if "CUDA" in text else "host"
+        found = re.search(r"[Tt]ried to allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ \w+)", text)
+        size = "" if not found else found.group(2) or f"{int(found.group(1)) / 2**30:.3g} GiB"
+        return (
+            f"out of {where} memory"
+            + (f" (could not allocate {size})" if size else "")
+            + ": lower data.batch_size (raise train.grad_accum_steps to keep the batch) or the data held in memory"
+        )
+    if any(marker in text for marker in PEER_LOST) or type(error).__name__ == "DistBackendError":
+        return "lost contact with the other processes of the job (another rank failed or was killed: see its error)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -169,9 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg)
         return 0
     except DistTrainError as e:
-        # One write per line, so the lines of several ranks never interleave.
-        os.write(2, f"{_rank_prefix()}dist-train: error: {one_line(e)}\n".encode())
-        return 1
+        return _fail(one_line(e))
+    except OSError as e:  # full disk, permission denied, read-only file system, ...
+        return _fail(describe_os_error(e))
+    except MemoryError:
+        return _fail("out of memory in host RAM: lower data.batch_size or data.num_workers")
+    except RuntimeError as e:
+        reason = resource_failure(e)
+        if reason is None:
+            raise
+        return _fail(reason)
     except KeyboardInterrupt:
         print(f"{_rank_prefix()}dist-train: interrupted", file=sys.stderr)
         return 130

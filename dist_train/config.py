@@ -8,6 +8,7 @@ and, for a misspelt key, the closest valid one.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -274,6 +275,10 @@ class Config:
     """auto: continue from the run directory's last checkpoint if there is one;
     never: start fresh (fails if the run directory already holds a checkpoint);
     or a checkpoint path."""
+    on_config_change: Literal["refuse", "continue"] = "refuse"
+    """When the checkpoint being resumed was trained with a config that differs in what is trained
+    (model, data, batch, seed, optimizer, schedule, epochs, ...): refuse (and say what differs), or
+    continue it with the new values (the old config.yaml is kept under history/)."""
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -331,7 +336,10 @@ def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: {expected}")
     return loaded
@@ -371,8 +379,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
+def _non_finite(tree: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in a config tree, if any."""
+    items = (
+        ((f.name, getattr(tree, f.name)) for f in fields(tree))
+        if is_dataclass(tree)
+        else enumerate(tree)
+        if isinstance(tree, list)
+        else ()
+    )
+    for name, value in items:
+        key = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}{'.' if prefix else ''}{name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return key
+        found = _non_finite(value, key)
+        if found:
+            return found
+    return None
+
+
 def validate(config: Config) -> None:
     """Checks that types alone cannot express."""
+    bad = _non_finite(config)
+    if bad is not None:
+        raise ConfigError(f"{bad} must be a finite number, got {_lookup(config, bad)}")
     positive = {
         "data.batch_size": config.data.batch_size,
         "train.epochs": config.train.epochs,
@@ -401,6 +431,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"schedule.milestones must be increasing, got {config.schedule.milestones}")
     if "/" in config.name or config.name in {"", ".", ".."}:
         raise ConfigError(f"name must be a plain directory name, got '{config.name}'")
+
+
+def _lookup(config: Config, key: str) -> Any:
+    value: Any = config
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        value = value[int(part)] if part.isdigit() else getattr(value, part)
+    return value
 
 
 def to_yaml(config: Config) -> str:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from dist_train.errors import ConfigError
+from dist_train.errors import ConfigError, DistTrainError, describe_os_error, one_line
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,25 @@ class DistContext:
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _check_environment(rank: int, world_size: int, local_rank: int) -> None:
+    """The job's environment makes sense (a launcher's variables set by hand are the usual culprit)."""
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ConfigError(f"RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size} do not describe a job")
+    if world_size > 1:
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            raise ConfigError(
+                f"WORLD_SIZE={world_size} but {' and '.join(missing)} not set: launch with torchrun or srun "
+                "(see README), not by setting RANK/WORLD_SIZE by hand"
+            )
 
 
 def restart_count() -> int:
@@ -94,6 +115,7 @@ def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 60
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
+    _check_environment(rank, world_size, local_rank)
     torch_device = pick_device(device, local_rank)
     chosen = pick_backend(backend, torch_device)
     context = DistContext(rank, world_size, local_rank, torch_device, chosen)
@@ -162,3 +184,30 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def agree(
+    action: Callable[[], T], group: dist.ProcessGroup | None = None, undo: Callable[[T], None] | None = None
+) -> T:
+    """Run ``action`` on every rank of ``group``; if any rank failed (a DistTrainError or an OSError such as
+    a full disk), every rank raises a one-line DistTrainError, and ranks that succeeded ``undo`` their result.
+
+    Errors then reach every rank's console instead of one rank failing while its peers wait in the
+    next collective. (A collective itself.)
+    """
+    result, error = None, None
+    try:
+        result = action()
+    except DistTrainError as e:
+        error = one_line(e)
+    except OSError as e:
+        error = describe_os_error(e)
+    errors = all_gather_objects(error, group)
+    if error is not None:
+        raise DistTrainError(error)
+    failed = next(((rank, message) for rank, message in enumerate(errors) if message is not None), None)
+    if failed is not None:
+        if undo is not None:
+            undo(result)  # type: ignore[arg-type]
+        raise DistTrainError(f"stopped because rank {failed[0]} failed: {failed[1]}")
+    return result  # type: ignore[return-value]

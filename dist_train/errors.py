@@ -33,3 +33,13 @@ def one_line(error: BaseException) -> str:
     last = lines[-1]
     prefix = f"{type(error).__module__}.{type(error).__name__}: "
     return last[len(prefix) :] if last.startswith(prefix) else last
+
+
+class ResourceError(DistTrainError):
+    """The machine ran out of something or refused access: disk space, memory, permissions."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OSError as 'what: path' (e.g. 'No space left on device: runs/x/metrics.jsonl')."""
+    what = error.strerror or one_line(error)
+    return f"{what}: {error.filename}" if error.filename else what

@@ -6,7 +6,6 @@ the trainer never asks which rank it is before logging.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,50 +16,41 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
+from dist_train.jsonio import dumps
+from dist_train.rundir import History, rewind_metrics
+
 
 class Monitor:
     """Writes scalars to TensorBoard (``tb/``) and JSON lines (``metrics.jsonl``) in the run directory."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
-        """``resume_step``: the step of the checkpoint being resumed; None starts the records afresh."""
+        """``resume_step``: the step of the checkpoint being resumed; None starts the records afresh.
+
+        Records an earlier attempt wrote after that step are moved to ``history/`` (see
+        :func:`~dist_train.rundir.rewind_metrics`), so only construct a Monitor once the run
+        has passed every check.
+        """
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
-        self._drop_records_after(resume_step if resume_step is not None else -1)
+        self.history = History(run_dir)
+        self.moved_aside = rewind_metrics(run_dir, resume_step if resume_step is not None else -1, self.history)
         # purge_step hides events that an earlier attempt wrote after the checkpoint we resume from.
         purge_step = resume_step + 1 if resume_step is not None else 0
         self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
         self._metrics = self.metrics_path.open("a")
         self._bar: tqdm | None = None
 
-    def _drop_records_after(self, step: int) -> None:
-        """Keep metrics.jsonl consistent with the checkpoint a restarted run resumes from.
-
-        A line cut short by a killed process is dropped as well.
-        """
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        tmp.replace(self.metrics_path)
-
     def log(self, step: int, values: dict[str, float], **fields: Any) -> None:
         """One record: scalars to TensorBoard under their tags, everything to metrics.jsonl."""
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
         record = {"step": step, "time": round(time.time(), 3), **fields, **values}
-        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.write(dumps(record) + "\n")
         self._metrics.flush()
 
     def event(self, step: int, event: str, **fields: Any) -> None:
         """A non-scalar record (start, resume, end) in metrics.jsonl."""
-        self._metrics.write(json.dumps({"step": step, "event": event, **fields}) + "\n")
+        self._metrics.write(dumps({"step": step, "event": event, **fields}) + "\n")
         self._metrics.flush()
 
     def text(self, tag: str, text: str, step: int = 0) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed import ProcessGroup
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.utils import make_grid
 
@@ -20,13 +18,15 @@ from dist_train.data import DatasetSplits, build_datasets
 from dist_train.data.loader import TrainLoader, build_eval_loader, build_train_loader, micro_batch_size
 from dist_train.data.transforms import recipe_for
 from dist_train.diffusion import WeightDistance
-from dist_train.distributed import DistContext, all_gather_objects, distributed, restart_count
-from dist_train.errors import ConfigError, DistTrainError, one_line
+from dist_train.distributed import DistContext, agree, distributed, restart_count
+from dist_train.errors import ConfigError
+from dist_train.jsonio import write_json
 from dist_train.models import build_model
 from dist_train.monitor import Monitor, NullMonitor
 from dist_train.nn.ghost_bn import convert_to_ghost_bn
 from dist_train.optim import build_optimizer, build_scheduler
 from dist_train.regime import cross_epoch_batches, format_plan, plan_from_config
+from dist_train.rundir import History, RunLock, check_resume, remove_partial_writes, write_config
 from dist_train.trainer import Callback, Trainer, seed_everything
 
 
@@ -41,21 +41,53 @@ def configure_backends(cfg: Config, ctx: DistContext) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+@dataclass
+class Prepared:
+    """A Trainer that has passed every check, and what rank 0 will say and write about it."""
+
+    trainer: Trainer
+    resumed_from: Path | None
+    resume_step: int | None
+    lines: list[str]
+    """What to print once the run directory is open (resume, allowed changes, notes)."""
+    plan_text: str
+
+
 def build_trainer(
     cfg: Config,
     ctx: DistContext,
     extra_callbacks: Sequence[Callback] = (),
     initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> Trainer:
-    """Everything a Trainer needs, on every rank; only rank 0 (of ``ctx``) touches the run directory.
+    """Everything a Trainer needs, on every rank of ``ctx``; a collective.
 
-    ``initial_weights`` (a model state_dict) start a run that has no checkpoint to resume.
-    No collective runs here, so a rank that fails cannot leave its peers waiting in one.
+    Every rank first checks everything (the checkpoint and its config against this run's, the
+    data, the model, the fit of the checkpoint); only when all ranks agree does rank 0 write to
+    the run directory (config.yaml, records rewound to the checkpoint). So a refused command
+    leaves the run directory as it was. ``initial_weights`` (a model state_dict) start a run
+    that has no checkpoint to resume.
     """
+    prepared = agree(lambda: prepare_trainer(cfg, ctx, extra_callbacks, initial_weights), ctx.group)
+    agree(lambda: open_records(prepared, cfg) if ctx.is_primary else None, ctx.group)
+    return prepared.trainer
+
+
+def prepare_trainer(
+    cfg: Config,
+    ctx: DistContext,
+    extra_callbacks: Sequence[Callback] = (),
+    initial_weights: dict[str, torch.Tensor] | None = None,
+) -> Prepared:
+    """Build and check the whole run without writing anything (no collective either)."""
     micro_batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
     run_dir = Path(cfg.out_dir) / cfg.name
     resume_from = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
     state = checkpoint.load(resume_from) if resume_from else None
+    lines: list[str] = []
+    if state is not None:
+        check = check_resume(to_dict(cfg), state, resume_from, ctx.world_size, cfg.on_config_change)
+        lines += [f"continuing with a changed config (on_config_change=continue): {c}" for c in check.changes]
+        lines += check.notes
     configure_backends(cfg, ctx)
     seed_everything(cfg.seed)  # the same initial weights on every rank
 
@@ -79,45 +111,63 @@ def build_trainer(
         fit_until = cfg.diffusion.fit_until_step or (plan.milestone_steps or (plan.total_steps,))[0]
         callbacks.append(WeightDistance(model, cfg.diffusion.every_steps, fit_until))
 
-    monitor: Monitor = NullMonitor()
-    if ctx.is_primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        monitor = Monitor(run_dir, resume_step=int(state["step"]) if state else None)
     trainer = Trainer(
-        cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, monitor, run_dir, plan.epochs, callbacks
+        cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, NullMonitor(), run_dir, plan.epochs, callbacks
     )
     if state is not None:
         trainer.load_state_dict(state, resume_from)
-        monitor.print(f"resumed from {resume_from} at epoch {trainer.epoch}, step {trainer.step}")
+        lines.insert(0, f"resumed from {resume_from} at epoch {trainer.epoch}, step {trainer.step}")
+        if trainer.epoch >= trainer.total_epochs or trainer.stop_requested:
+            lines.append(f"the run has finished ({trainer.epoch} of {trainer.total_epochs} epochs): nothing to train")
     elif initial_weights is not None:
         model.load_state_dict(initial_weights)
     parameters = sum(p.numel() for p in model.parameters())
-    monitor.event(
-        trainer.step,
-        "start",
-        resumed_from=str(resume_from) if resume_from else None,
-        restarts=restart_count(),
-        world_size=ctx.world_size,
-        backend=ctx.backend,
-        device=str(ctx.device),
-        parameters=parameters,
-        steps_per_epoch=train_loader.steps_per_epoch,
-    )
-    if not state and ctx.is_primary:
-        grid, rows = view_grid(train_loader, cfg.augment.copies, micro_batch, cfg.augment.layout)
-        monitor.image("augment/views", grid)
-        monitor.text("augment/views", rows)
-        monitor.text("config", f"```\n{to_yaml(cfg)}\n```")
-        monitor.text("plan", f"```\n{format_plan(plan)}\n```")
-    monitor.print(
+    lines.append(
         f"run {run_dir} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | "
         f"{cfg.model.name} ({parameters / 1e6:.2f}M params) | {len(data.train)} train / {len(data.val)} val | "
         f"batch {cfg.data.batch_size} ({micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
         f"{plan.epochs} epochs × {train_loader.steps_per_epoch} steps | lr {plan.lr:.4g}"
         + (f" | ghost BN {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "")
     )
-    return trainer
+    return Prepared(trainer, resume_from, int(state["step"]) if state else None, lines, format_plan(plan))
+
+
+def open_records(prepared: Prepared, cfg: Config) -> None:
+    """Rank 0, once every rank has passed every check: write config.yaml, rewind the records to the
+    checkpoint (what is cut goes to history/), and give the trainer its Monitor."""
+    trainer = prepared.trainer
+    run_dir = trainer.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_partial_writes(run_dir)
+    history = History(run_dir)
+    write_config(run_dir, to_yaml(cfg), history)
+    monitor = Monitor(run_dir, resume_step=prepared.resume_step)
+    trainer.monitor = monitor
+    if leftovers:
+        monitor.print(f"removed {len(leftovers)} unfinished write(s) of a killed process: {leftovers[0].name}, ...")
+    if monitor.moved_aside:
+        monitor.print(f"{monitor.moved_aside} record(s) after the checkpoint moved to {monitor.history.folder}")
+    for line in prepared.lines[:-1]:
+        monitor.print(line)
+    monitor.event(
+        trainer.step,
+        "start",
+        resumed_from=str(prepared.resumed_from) if prepared.resumed_from else None,
+        restarts=restart_count(),
+        world_size=trainer.ctx.world_size,
+        backend=trainer.ctx.backend,
+        device=str(trainer.ctx.device),
+        parameters=sum(p.numel() for p in trainer.module.parameters()),
+        steps_per_epoch=trainer.train_loader.steps_per_epoch,
+    )
+    if prepared.resume_step is None:
+        micro_batch = micro_batch_size(cfg.data.batch_size, trainer.ctx.world_size, cfg.train.grad_accum_steps)
+        grid, rows = view_grid(trainer.train_loader, cfg.augment.copies, micro_batch, cfg.augment.layout)
+        monitor.image("augment/views", grid)
+        monitor.text("augment/views", rows)
+        monitor.text("config", f"```\n{to_yaml(cfg)}\n```")
+        monitor.text("plan", f"```\n{prepared.plan_text}\n```")
+    monitor.print(prepared.lines[-1])
 
 
 def make_train_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> TrainLoader:
@@ -213,63 +263,55 @@ def hparams_of(cfg: Config, world_size: int) -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def agree(setup: Callable[[], Trainer], group: ProcessGroup | None = None) -> Trainer:
-    """Run ``setup`` on every rank; if any rank hit a DistTrainError, every rank raises one.
-
-    Start-up errors (bad data, checkpoint, batch size) then reach every rank's
-    console instead of one rank failing while its peers are torn down.
-    """
-    trainer, error = None, None
-    try:
-        trainer = setup()
-    except DistTrainError as e:
-        error = one_line(e)
-    errors = all_gather_objects(error, group)
-    if error is not None:
-        raise DistTrainError(error)
-    failed = (
-        next((rank, message) for rank, message in enumerate(errors) if message is not None) if any(errors) else None
-    )
-    if failed is not None:
-        trainer.monitor.close()
-        raise DistTrainError(f"stopped because rank {failed[0]} failed: {failed[1]}")
-    return trainer
-
-
 def train(cfg: Config) -> dict[str, Any]:
-    """Run (or continue) one training run inside the process group the environment describes."""
-    with distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
-        if cfg.swap.enabled:
-            from dist_train.swap import train_swap
+    """Run (or continue) one training run inside the process group the environment describes.
 
-            summary = train_swap(cfg, ctx)
-            if ctx.is_primary:
-                write_json(Path(cfg.out_dir) / cfg.name / "summary.json", {**summary, "config": to_dict(cfg)})
-            return summary
-        trainer = agree(lambda: build_trainer(cfg, ctx))
+    Rank 0 holds the run directory's lock (see :mod:`dist_train.rundir`) from start to end.
+    """
+    with distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
+        run_dir = Path(cfg.out_dir) / cfg.name
+        lock = agree(lambda: RunLock.acquire(run_dir) if ctx.is_primary else None, undo=release)
         try:
-            summary = trainer.fit()
-            summary |= {
-                "lr_planned": trainer.optimizer.param_groups[0]["initial_lr"],
-                "planned_epochs": trainer.total_epochs,
-            }
-            if ctx.is_primary:
-                summary["config"] = to_dict(cfg)
-                write_json(trainer.run_dir / "summary.json", summary)
-                trainer.monitor.hparams(
-                    hparams_of(cfg, ctx.world_size), {"val/acc": summary["val_acc"], "val/loss": summary["val_loss"]}
-                )
-                trainer.monitor.event(trainer.step, "end", val_acc=summary["val_acc"], steps=trainer.step)
-                trainer.monitor.print(
-                    f"done: val acc {summary['val_acc']:.2%} after {trainer.step} steps "
-                    f"in {summary['train_seconds']:.1f}s; run directory {trainer.run_dir}"
-                )
-            return summary
+            if lock is not None and lock.note:
+                print(lock.note, flush=True)
+            return _swap_run(cfg, ctx) if cfg.swap.enabled else _plain_run(cfg, ctx)
         finally:
-            trainer.monitor.close()
+            release(lock)
+
+
+def release(lock: RunLock | None) -> None:
+    if lock is not None:
+        lock.release()
+
+
+def _swap_run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
+    from dist_train.swap import train_swap
+
+    summary = train_swap(cfg, ctx)
+    if ctx.is_primary:
+        write_json(Path(cfg.out_dir) / cfg.name / "summary.json", {**summary, "config": to_dict(cfg)})
+    return summary
+
+
+def _plain_run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
+    trainer = build_trainer(cfg, ctx)
+    try:
+        summary = trainer.fit()
+        summary |= {
+            "lr_planned": trainer.optimizer.param_groups[0]["initial_lr"],
+            "planned_epochs": trainer.total_epochs,
+        }
+        if ctx.is_primary:
+            summary["config"] = to_dict(cfg)
+            write_json(trainer.run_dir / "summary.json", summary)
+            trainer.monitor.hparams(
+                hparams_of(cfg, ctx.world_size), {"val/acc": summary["val_acc"], "val/loss": summary["val_loss"]}
+            )
+            trainer.monitor.event(trainer.step, "end", val_acc=summary["val_acc"], steps=trainer.step)
+            trainer.monitor.print(
+                f"done: val acc {summary['val_acc']:.2%} after {trainer.step} steps "
+                f"in {summary['train_seconds']:.1f}s; run directory {trainer.run_dir}"
+            )
+        return summary
+    finally:
+        trainer.monitor.close()

@@ -50,7 +50,7 @@ from dist_train import checkpoint
 from dist_train.config import Config
 from dist_train.data import build_datasets
 from dist_train.data.loader import ShardSampler, build_eval_loader, micro_batch_size
-from dist_train.distributed import DistContext, all_gather_objects, all_reduce_sum
+from dist_train.distributed import DistContext, agree, all_gather_objects, all_reduce_sum
 from dist_train.errors import ConfigError
 from dist_train.monitor import Monitor
 from dist_train.trainer import Trainer, evaluate
@@ -161,7 +161,7 @@ def recompute_bn(
 
 def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     """Large-batch DDP over all ranks until the accuracy threshold or the epoch limit; checkpointed at its end."""
-    from dist_train.run import agree, build_trainer
+    from dist_train.run import build_trainer
 
     run_dir = Path(cfg.out_dir) / cfg.name
     marker = run_dir / "checkpoints" / PHASE1
@@ -169,7 +169,7 @@ def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
         return checkpoint.load(marker)
     epochs = cfg.swap.phase1_max_epochs or cfg.train.epochs
     phase1 = replace(cfg, train=replace(cfg.train, epochs=epochs))
-    trainer = agree(lambda: build_trainer(phase1, ctx, [StopAtTrainAccuracy(cfg.swap.phase1_train_acc)]))
+    trainer = build_trainer(phase1, ctx, [StopAtTrainAccuracy(cfg.swap.phase1_train_acc)])
     try:
         trainer.monitor.event(trainer.step, "phase", phase=1)
         trainer.monitor.log(trainer.step, {"swap/phase": 1.0})
@@ -190,8 +190,7 @@ def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
             "val_acc": summary["val_acc"],
             "message": message,
         }
-        if ctx.is_primary:
-            checkpoint.atomic_save(state, marker)
+        agree(lambda: checkpoint.atomic_save(state, marker) if ctx.is_primary else None)
         return state
     finally:
         trainer.monitor.close()
@@ -211,13 +210,13 @@ def replica_context(ctx: DistContext, replica_size: int, groups: list[dist.Proce
 
 def run_phase2(cfg: Config, ctx: DistContext, phase1: dict[str, Any], replica_size: int) -> tuple[Trainer, dict]:
     """Each replica trains its own copy from the phase-1 weights; nothing crosses replicas."""
-    from dist_train.run import agree, build_trainer
+    from dist_train.run import build_trainer
 
     groups = replica_groups(ctx.world_size, replica_size)
     replica = ctx.rank // replica_size
     local = replica_context(ctx, replica_size, groups)
     own = phase2_config(cfg, replica, Path(cfg.out_dir) / cfg.name)
-    trainer = agree(lambda: build_trainer(own, local, initial_weights=phase1["model"]), local.group)
+    trainer = build_trainer(own, local, initial_weights=phase1["model"])
     try:
         trainer.monitor.event(trainer.step, "phase", phase=2, replica=replica)
         summary = trainer.fit()
@@ -254,22 +253,21 @@ def run_phase3(cfg: Config, ctx: DistContext, trainer: Trainer, replicas: list[d
         "sequential_steps": phase1_info["steps"] + replicas[0]["steps"],
         "world_size": ctx.world_size,
     }
-    if ctx.is_primary:
-        run_dir = Path(cfg.out_dir) / cfg.name
-        checkpoint.atomic_save(
-            {
-                "model": module.state_dict(),
-                "optimizer": {},
-                "scheduler": {},
-                "epoch": 0,
-                "step": summary["sequential_steps"],
-            },
-            run_dir / "checkpoints" / FINAL,
-        )
-        monitor = Monitor(run_dir, resume_step=phase1_info["steps"])
-        step2, step3 = phase1_info["steps"], summary["sequential_steps"]
+    agree(lambda: report_phase3(cfg, module, summary) if ctx.is_primary else None)
+    return summary
+
+
+def report_phase3(cfg: Config, module: nn.Module, summary: dict[str, Any]) -> None:
+    """Rank 0: save the averaged model, log the phase markers and the result."""
+    replicas, val_acc = summary["replicas"], summary["val_acc"]
+    step2, step3 = summary["phase1"]["steps"], summary["sequential_steps"]
+    run_dir = Path(cfg.out_dir) / cfg.name
+    final = {"model": module.state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 0, "step": step3}
+    checkpoint.atomic_save(final, run_dir / "checkpoints" / FINAL)
+    monitor = Monitor(run_dir, resume_step=step2)
+    try:
         monitor.log(step2, {"swap/phase": 2.0})
-        values = {"swap/phase": 3.0, "swap/val_acc_averaged": val_acc, "swap/val_loss_averaged": val_loss}
+        values = {"swap/phase": 3.0, "swap/val_acc_averaged": val_acc, "swap/val_loss_averaged": summary["val_loss"]}
         values |= {f"swap/val_acc_replica{r['replica']}": r["val_acc"] for r in replicas}
         monitor.log(step3, values)
         monitor.event(step3, "end", val_acc=val_acc)
@@ -278,8 +276,8 @@ def run_phase3(cfg: Config, ctx: DistContext, trainer: Trainer, replicas: list[d
             + ", ".join(f"{r['val_acc']:.2%}" for r in replicas)
             + f") after {step3} sequential updates"
         )
+    finally:
         monitor.close()
-    return summary
 
 
 def train_swap(cfg: Config, ctx: DistContext) -> dict[str, Any]:

@@ -29,10 +29,11 @@ from torch.utils.data import DataLoader
 from dist_train import checkpoint
 from dist_train.config import Config, to_dict
 from dist_train.data.loader import TrainLoader, epoch_seed
-from dist_train.distributed import DistContext, all_gather_objects, all_reduce_sum
+from dist_train.distributed import DistContext, agree, all_gather_objects, all_reduce_sum
 from dist_train.errors import CheckpointError
 from dist_train.monitor import Monitor
-from dist_train.nn.ghost_bn import average_bn_buffers, has_ghost_bn
+from dist_train.nn.ghost_bn import averaged_bn_buffers, bn_running_buffers, has_ghost_bn
+from dist_train.rundir import check_model_fits
 
 
 class Callback(Protocol):
@@ -285,9 +286,10 @@ class Trainer:
         return EpochResult(loss_sum / count, correct / count, seconds, trained / seconds)
 
     def evaluate(self) -> tuple[float, float]:
-        """Loss and accuracy on the whole validation set (each image counted once over all ranks)."""
-        average_bn_buffers(self.module, self.ctx.group)
-        return evaluate(self.module, self.val_loader, self.to_device, self.autocast, self.ctx.group)
+        """Loss and accuracy on the whole validation set (each image counted once over all ranks), with the
+        BN statistics averaged over the ranks for the evaluation only."""
+        with averaged_bn_buffers(self.module, self.ctx.group):
+            return evaluate(self.module, self.val_loader, self.to_device, self.autocast, self.ctx.group)
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, evaluating and checkpointing as configured; return the summary.
@@ -366,14 +368,19 @@ class Trainer:
     def state_dict(self, progress: EpochProgress | None = None) -> dict[str, Any]:
         """Everything needed to continue exactly; RNG states of every rank, in rank order (a collective).
 
-        ``progress``: the checkpoint is taken inside an epoch, this far into it.
+        ``progress``: the checkpoint is taken inside an epoch, this far into it. ``model`` holds the BN
+        statistics averaged over the ranks (what evaluation and inference use); ``bn_buffers`` each rank's
+        own, which a resume with the same world size restores. Neither changes the live model.
         """
-        average_bn_buffers(self.module, self.ctx.group)
+        own = {key: buf.detach().cpu().clone() for key, buf in bn_running_buffers(self.module).items()}
+        with averaged_bn_buffers(self.module, self.ctx.group):
+            averaged = {key: buf.detach().clone() for key, buf in bn_running_buffers(self.module).items()}
         return {
             "epoch_progress": None
             if progress is None
             else {"steps": progress.steps, "totals": all_gather_objects(progress.totals, self.ctx.group)},
-            "model": self.module.state_dict(),
+            "model": {**self.module.state_dict(), **averaged},
+            "bn_buffers": all_gather_objects(own, self.ctx.group),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -389,6 +396,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
+        check_model_fits(self.module.state_dict(), state["model"], source)
         try:
             self.module.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -404,6 +412,12 @@ class Trainer:
         for callback in self.callbacks:
             if callback.name in state.get("callbacks", {}):
                 callback.load_state_dict(state["callbacks"][callback.name])
+        own_buffers = state.get("bn_buffers") or []
+        if len(own_buffers) == self.ctx.world_size:
+            with torch.no_grad():
+                for key, buf in bn_running_buffers(self.module).items():
+                    if key in own_buffers[self.ctx.rank]:
+                        buf.copy_(own_buffers[self.ctx.rank][key])
         rng = state.get("rng", [])
         if len(rng) == self.ctx.world_size:
             set_rng_state(rng[self.ctx.rank])
@@ -418,7 +432,8 @@ class Trainer:
             self._partial = EpochProgress(int(progress["steps"]), progress["totals"][self.ctx.rank], rank_rng)
 
     def save_checkpoint(self, progress: EpochProgress | None = None) -> None:
-        """Collective (gathers RNG states); only rank 0 writes."""
+        """Collective (gathers RNG states); only rank 0 writes, and a failed write (a full disk) stops every rank."""
         state = self.state_dict(progress)
-        if self.ctx.is_primary:
-            checkpoint.atomic_save(state, self.checkpoint_path)
+        agree(
+            lambda: checkpoint.atomic_save(state, self.checkpoint_path) if self.ctx.is_primary else None, self.ctx.group
+        )

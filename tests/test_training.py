@@ -92,9 +92,14 @@ def test_resume_reproduces_an_uninterrupted_run(reference_run, tmp_path):
     assert_ok(run_cli([*args, "train.epochs=1"], nproc=2))
     first = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
     assert first["epoch"] == 1 and len(first["rng"]) == 2
-    result = run_cli(args, nproc=2)
+    refused = run_cli(args, nproc=2)  # 2 epochs now: a change of what is trained, so the user must say so
+    assert refused.returncode != 0 and "train.epochs: 1 → 2" in refused.stderr
+    result = run_cli([*args, "on_config_change=continue"], nproc=2)
     assert_ok(result)
-    assert "resumed from" in result.stdout
+    assert (
+        "resumed from" in result.stdout
+        and "changed config (on_config_change=continue): train.epochs: 1 → 2" in result.stdout
+    )
     resumed, reference = load_weights(tmp_path / "split"), load_weights(reference_run)
     assert resumed.keys() == reference.keys()
     for key in reference:
@@ -193,9 +198,11 @@ def test_real_mnist_f1_two_processes(tmp_path):
 def test_resume_from_an_explicit_checkpoint_path(reference_run, tmp_path):
     """resume=PATH starts a new run directory from another run's checkpoint (here: 2 ranks -> 1 process)."""
     source = reference_run / "checkpoints" / "last.pt"
-    result = run_cli(["train", *TINY, "train.epochs=3", f"out_dir={tmp_path}", "name=more", f"resume={source}"])
+    args = ["train", *TINY, "train.epochs=3", f"out_dir={tmp_path}", "name=more", f"resume={source}"]
+    result = run_cli([*args, "on_config_change=continue"])
     assert_ok(result)
     assert f"resumed from {source} at epoch 2, step 32" in result.stdout
+    assert "world size 2 → 1: continuing" in result.stdout
     summary = json.loads((tmp_path / "more" / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 16  # the same global batch: 16 steps an epoch
 
@@ -240,6 +247,10 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, loader: str, reque
     progress = torch.load(last, weights_only=True)["epoch_progress"]
     assert progress is not None and 0 < progress["steps"] < steps_per_epoch  # the run stopped inside epoch 1
 
+    # A killed process cannot release its lock: the next run says so, and how to clear it.
+    refused = run_cli([*args, "name=cut"])
+    assert refused.returncode == 1 and "has a stale lock" in refused.stderr
+    (tmp_path / "cut" / ".lock").unlink()
     resumed = run_cli([*args, "name=cut"])
     assert_ok(resumed)
     assert f"at epoch 0, step {progress['steps']}" in resumed.stdout + resumed.stderr

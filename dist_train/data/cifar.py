@@ -57,13 +57,35 @@ def _download(layout: CifarLayout, root: Path) -> None:
         raise DataError(f"{layout.name}: download into {root} failed: {reason(e)}") from None
 
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle that names something other than the numpy arrays a CIFAR batch holds."""
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a pickle can run any code it names, and a
+    data set file from elsewhere must not."""
+
+    ALLOWED = frozenset(
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+        for name in ("_reconstruct", "scalar", "_frombuffer")
+    ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise UnsafePickleError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_batch(layout: CifarLayout, path: Path) -> ImageArrays:
     """One pickle file: a dict with ``b"data"`` (N×3072 uint8) and the label list."""
     if not path.is_file():
         raise DataError(f"{layout.name}: missing file {path}")
     try:
         with path.open("rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = SafeUnpickler(f, encoding="bytes").load()
+    except UnsafePickleError as e:
+        raise DataError(f"{layout.name}: {path} is not a CIFAR pickle: it names {e} (refused, not loaded)") from None
     except Exception as e:  # unpickling can fail with almost any exception type
         raise DataError(f"{layout.name}: {path} is truncated or not a CIFAR pickle ({reason(e)})") from None
     if not isinstance(batch, dict) or b"data" not in batch or layout.label_key not in batch:

@@ -1,0 +1,458 @@
+"""The bad-input suite: bad config, data, checkpoints, cluster state and faults against a real run directory.
+
+Every case runs the real command line in a fresh process against a copy of one finished run and asserts:
+a non-zero exit, stderr's last line is one ``dist-train: error:`` line naming the problem, no traceback,
+and every file of the run directory byte-for-byte as it was (hashed before and after).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, assert_ok, load_weights, read_metrics, run_cli, subprocess_env
+
+from dist_train.rundir import LOCK, STALE_AFTER_S
+
+RUN = "run"
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished TINY run (1 process): what every case copies and must leave as it was."""
+    out = tmp_path_factory.mktemp("finished")
+    assert_ok(run_cli(["train", *TINY, f"out_dir={out}", f"name={RUN}"]))
+    return out / RUN
+
+
+@pytest.fixture
+def out(tmp_path: Path, finished_run: Path) -> Path:
+    """A private copy of the finished run under ``tmp_path/out/run``."""
+    shutil.copytree(finished_run, tmp_path / "out" / RUN)
+    return tmp_path / "out"
+
+
+def assert_refused(result: subprocess.CompletedProcess, fragment: str, ranks: int = 1) -> str:
+    """Exit non-zero; stderr's last line (the workers' last lines under torchrun) is one error line naming
+    the problem; no traceback from our processes."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    errors = [line for line in lines if "dist-train: error:" in line]
+    assert len(errors) == ranks, result.stderr[-3000:]
+    last = lines[-1] if ranks == 1 else next(line for line in reversed(lines) if "dist-train: error:" in line)
+    assert "dist-train: error:" in last, result.stderr[-3000:]
+    assert fragment in last, last
+    # Under torchrun, its own report of the failed workers follows (with the launcher's traceback): not ours.
+    assert ("]: Traceback" if ranks > 1 else "Traceback") not in result.stderr, result.stderr[-3000:]
+    return last
+
+
+# -- cases: (id, extra arguments, fragment, setup) ------------------------------------------------
+@dataclass
+class Case:
+    id: str
+    args: list[str]
+    fragment: str
+    setup: Callable[[Path], None] | None = None
+    """Damages or prepares ``out`` (the copied run lives in ``out/run``) before the command."""
+    env: dict[str, str] = field(default_factory=dict)
+    name: str = "new"
+    """The run the command names: a new one, or the finished run (``RUN``)."""
+
+
+def write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def config_file(text: str) -> Callable[[Path], None]:
+    return lambda out: write(out / "bad.yaml", text)
+
+
+def idx_files(images: bytes, labels: bytes) -> Callable[[Path], None]:
+    def setup(out: Path) -> None:
+        write(out / "mnist" / "t10k-images-idx3-ubyte.gz", gzip.compress(images))
+        write(out / "mnist" / "t10k-labels-idx1-ubyte.gz", gzip.compress(labels))
+
+    return setup
+
+
+IDX_IMAGES = b"\x00\x00\x08\x03" + (4).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(4 * 784)
+IDX_LABELS = b"\x00\x00\x08\x01" + (4).to_bytes(4, "big") + bytes([1, 2, 3, 4])
+
+
+class Exploit:
+    """A pickle that would run a shell command when loaded."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch /tmp/dist_train_exploited",))
+
+
+def malicious_checkpoint(out: Path) -> None:
+    torch.save({"model": Exploit(), "optimizer": {}, "scheduler": {}, "epoch": 0, "step": 0}, out / "evil.pt")
+
+
+def malicious_cifar(out: Path) -> None:
+    write(out / "cifar" / "cifar-10-batches-py" / "data_batch_1", pickle.dumps({b"data": Exploit()}))
+
+
+def checkpoint_edit(edit: Callable[[dict], dict]) -> Callable[[Path], None]:
+    """A checkpoint derived from the run's last.pt, written to ``out/edited.pt``."""
+
+    def setup(out: Path) -> None:
+        state = torch.load(out / RUN / "checkpoints" / "last.pt", weights_only=True)
+        torch.save(edit(state), out / "edited.pt")
+
+    return setup
+
+
+def truncated_checkpoint(out: Path) -> None:
+    data = (out / RUN / "checkpoints" / "last.pt").read_bytes()
+    write(out / "half.pt", data[: len(data) // 2])
+
+
+def lock_of(host: str, pid: int, age_s: float = 0.0, job: str = "") -> Callable[[Path], None]:
+    def setup(out: Path) -> None:
+        holder = {"host": host, "pid": pid, "started": time.time() - age_s, "process_start": "", "job": job}
+        path = out / RUN / LOCK
+        write(path, json.dumps(holder))
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+
+    return setup
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+BAD_YAML = ["--config", "{out}/bad.yaml"]
+
+CASES = [
+    # config
+    Case("lr-nan", ["optim.lr=nan"], "optim.lr must be a finite number, got nan"),
+    Case("lr-inf", ["optim.lr=inf"], "optim.lr must be a finite number, got inf"),
+    Case("clip-nan", ["train.grad_clip_norm=nan"], "train.grad_clip_norm must be a finite number"),
+    Case("betas-inf", ["optim.betas=[0.9,.inf]"], "optim.betas[1] must be a finite number"),
+    Case("lr-negative", ["optim.lr=-0.1"], "optim.lr must be positive"),
+    Case("lr-text", ["optim.lr=fast"], "bad value for 'optim.lr'"),
+    Case("misspelt-key", ["optim.lrr=0.1"], "did you mean 'optim.lr'"),
+    Case("batch-zero", ["data.batch_size=0"], "data.batch_size must be at least 1"),
+    Case("unknown-model", ["model.name=resnet200"], "unknown model 'resnet200'"),
+    Case("unknown-dataset", ["data.dataset=imagenet21k"], "bad value for 'data.dataset'"),
+    Case("milestones-decrease", ["schedule.milestones=[2,1]"], "schedule.milestones must be increasing"),
+    Case("factors-length", ["schedule.factors=[0.1,0.2]"], "schedule.factors has 2 values for 1 schedule.milestones"),
+    Case("name-with-slash", ["name=a/b"], "name must be a plain directory name"),
+    Case("override-without-value", ["optim.lr"], "bad override 'optim.lr'"),
+    Case("val-fraction", ["data.val_fraction=1.5"], "data.val_fraction must be in [0, 1)"),
+    Case("ghost-too-large", ["bn.ghost_batch_size=64"], "bn.ghost_batch_size=64 is larger than the per-process batch"),
+    Case("no-cuda", ["device=cuda"], "no CUDA device is available"),
+    Case("nccl-on-cpu", ["dist.backend=nccl"], "dist.backend=nccl needs CUDA"),
+    Case("config-missing", ["--config", "{out}/nope.yaml"], "config file not found"),
+    Case(
+        "yaml-syntax",
+        ["--config", "{out}/bad.yaml"],
+        "bad.yaml:2:5: not valid YAML: mapping values are not allowed here",
+        config_file("a: 1\nb: c: d\n"),
+    ),
+    Case("yaml-not-mapping", ["--config", "{out}/bad.yaml"], "expected a mapping", config_file("- 1\n- 2\n")),
+    Case(
+        "yaml-base-cycle", ["--config", "{out}/bad.yaml"], "'base' files form a cycle", config_file("base: bad.yaml\n")
+    ),
+    # data
+    Case("data-dir-missing", ["data.dataset=cifar10", "data.root={out}/nope"], "cifar10: directory not found"),
+    Case("idx-truncated", ["data.dataset=mnist", "data.root={out}/mnist"], "is truncated", idx_files(b"\x00\x00", b"")),
+    Case(
+        "idx-magic",
+        ["data.dataset=mnist", "data.root={out}/mnist"],
+        "has magic number",
+        idx_files(IDX_LABELS, IDX_IMAGES),
+    ),
+    Case(
+        "idx-count",
+        ["data.dataset=mnist", "data.root={out}/mnist"],
+        "holds 4 images but",
+        idx_files(IDX_IMAGES, IDX_LABELS[:7] + b"\x03" + bytes(3)),
+    ),
+    Case(
+        "cifar-malicious-pickle",
+        ["data.dataset=cifar10", "data.root={out}/cifar"],
+        "names posix.system (refused, not loaded)",
+        malicious_cifar,
+    ),
+    Case(
+        "imagefolder-no-train",
+        ["data.dataset=imagefolder", "data.root={out}/images"],
+        "has no train/ folder",
+        lambda out: (out / "images").mkdir(),
+    ),
+    # checkpoints
+    Case(
+        "checkpoint-garbage",
+        [],
+        "cannot read checkpoint",
+        lambda out: write(out / RUN / "checkpoints" / "last.pt", b"PK\x03\x04 not a zip"),
+        name=RUN,
+    ),
+    Case("checkpoint-truncated", ["resume={out}/half.pt"], "cannot read checkpoint", truncated_checkpoint),
+    Case(
+        "checkpoint-malicious",
+        ["resume={out}/evil.pt"],
+        "holds objects that a checkpoint never holds (posix.system); refused without loading them",
+        malicious_checkpoint,
+    ),
+    Case(
+        "checkpoint-not-ours",
+        ["resume={out}/edited.pt"],
+        "is not a dist_train checkpoint",
+        checkpoint_edit(lambda state: {"weights": state["model"]}),
+    ),
+    Case("checkpoint-missing", ["resume={out}/nope.pt"], "checkpoint not found"),
+    Case("resume-never", ["resume=never"], "exists and resume=never", name=RUN),
+    Case("changed-width", ["model.width=16"], "was trained with another config (model.width: 8 → 16)", name=RUN),
+    Case("changed-lr", ["optim.lr=0.1"], "(optim.lr: 0.05 → 0.1)", name=RUN),
+    Case("changed-seed", ["seed=1"], "(seed: 0 → 1)", name=RUN),
+    Case("changed-batch", ["data.batch_size=64"], "(data.batch_size: 32 → 64)", name=RUN),
+    Case(
+        "foreign-weights",
+        ["resume={out}/edited.pt", "on_config_change=continue"],
+        "does not fit this run's model: missing keys: 17.weight, 17.bias",
+        checkpoint_edit(lambda state: {**state, "model": {k: v for k, v in state["model"].items() if "17." not in k}}),
+    ),
+    Case(
+        "mid-epoch-other-world",
+        ["resume={out}/edited.pt"],
+        "it resumes only with the same world size",
+        checkpoint_edit(lambda state: {**state, "epoch_progress": {"steps": 3, "totals": [[0.0] * 3] * 2}}),
+    ),
+    # resources
+    Case("out-of-memory", ["data.synthetic_train_size=10000000000000"], "out of host memory (could not allocate"),
+    # cluster state and locks
+    Case(
+        "lock-other-host-live",
+        [],
+        "is in use by another run (pid 4242 on host gpu-node-7",
+        lock_of("gpu-node-7", 4242),
+        name=RUN,
+    ),
+    Case(
+        "lock-other-host-stale",
+        [],
+        "has a stale lock: its holder (pid 4242 on host gpu-node-7, started",
+        lock_of("gpu-node-7", 4242, age_s=STALE_AFTER_S + 60),
+        name=RUN,
+    ),
+    Case(
+        "lock-dead-process",
+        [],
+        "is no longer running; if no run uses this directory, remove",
+        lambda out: lock_of(socket.gethostname(), dead_pid())(out),
+        name=RUN,
+    ),
+    Case("lock-garbage", [], "is not a readable lock", lambda out: write(out / RUN / LOCK, "{half"), name=RUN),
+    Case(
+        "env-no-master",
+        [],
+        "WORLD_SIZE=2 but MASTER_ADDR and MASTER_PORT not set",
+        env={"WORLD_SIZE": "2", "RANK": "0"},
+    ),
+    Case("env-rank-text", [], "environment variable RANK='one' is not an integer", env={"RANK": "one"}),
+    Case(
+        "env-rank-range",
+        [],
+        "RANK=3, LOCAL_RANK=0, WORLD_SIZE=2 do not describe a job",
+        env={"WORLD_SIZE": "2", "RANK": "3"},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(case: Case, out: Path) -> None:
+    if case.setup is not None:
+        case.setup(out)
+    before = tree_hash(out)
+    args = [arg.replace("{out}", str(out)) for arg in case.args]
+    config = [] if "--config" in args else TINY
+    env = {**subprocess_env(), **case.env}
+    command = [sys.executable, "-m", "dist_train", "train", *config, f"out_dir={out}", f"name={case.name}", *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert_refused(result, case.fragment.replace("{out}", str(out)))
+    assert tree_hash(out) == before
+    assert not Path("/tmp/dist_train_exploited").exists()
+
+
+def test_suite_has_at_least_forty_cases() -> None:
+    assert len(CASES) >= 40
+
+
+# -- cases that need more than one process or a real fault ----------------------------------------
+def test_mid_epoch_checkpoint_refuses_another_world_size_on_every_rank(out: Path) -> None:
+    """A checkpoint taken inside an epoch by one process, resumed by two: both ranks say why."""
+    checkpoint_edit(lambda state: {**state, "epoch_progress": {"steps": 3, "totals": [[0.0] * 3]}})(out)
+    before = tree_hash(out)
+    result = run_cli(["train", *TINY, f"out_dir={out}", f"name={RUN}", f"resume={out}/edited.pt"], nproc=2)
+    assert_refused(result, "it resumes only with the same world size (this run has 2)", ranks=2)
+    assert tree_hash(out) == before
+
+
+def test_second_run_on_a_live_run_directory_fails_at_once(tmp_path: Path) -> None:
+    """Two real runs, one directory: the second (another seed) fails naming the holder; the first is intact."""
+    args = ["train", *TINY, f"out_dir={tmp_path}", "name=shared", "train.epochs=60", "train.eval_every=60"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dist_train", *args], env=subprocess_env(), stdout=subprocess.PIPE, text=True
+    )
+    lock = tmp_path / "shared" / LOCK
+    deadline = time.monotonic() + 120
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    holder = json.loads(lock.read_text())
+    second = run_cli([*args, "seed=1"])
+    assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+    stdout, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and "done: val acc" in stdout
+    assert_refused(second, f"is in use by another run (pid {holder['pid']} on host {socket.gethostname()}, started")
+    records = read_metrics(tmp_path / "shared")
+    assert [r["event"] for r in records if "event" in r] == ["start", "end"]
+    assert json.loads((tmp_path / "shared" / "summary.json").read_text())["config"]["seed"] == 0
+    assert not lock.exists()  # released at the end
+
+
+def test_refused_resume_keeps_history(out: Path, tmp_path: Path) -> None:
+    """Finding 1: a foreign checkpoint is refused before the records are rewound; metrics and events stay."""
+    small = tmp_path / "small"
+    assert_ok(run_cli(["train", *TINY, "train.epochs=1", "model.width=4", f"out_dir={small}", "name=s"]))
+    before = tree_hash(out)
+    result = run_cli(["train", *TINY, f"out_dir={out}", f"name={RUN}", f"resume={small}/s/checkpoints/last.pt"])
+    assert_refused(result, "was trained with another config")
+    assert tree_hash(out) == before and len(read_metrics(out / RUN)) > 2
+
+
+def test_rewound_records_are_moved_aside_not_deleted(out: Path) -> None:
+    """Resuming from an earlier checkpoint cuts the later records out of metrics.jsonl into history/."""
+    run = out / RUN
+    early = run / "early.pt"
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    records = read_metrics(run)
+    torch.save({**state, "epoch": 1, "step": 16, "epoch_progress": None}, early)
+    result = run_cli(["train", *TINY, f"out_dir={out}", f"name={RUN}", f"resume={early}"])
+    assert_ok(result)
+    assert "record(s) after the checkpoint moved to" in result.stdout
+    (moved,) = (run / "history").glob("*/metrics.jsonl")
+    cut = [json.loads(line) for line in moved.read_text().splitlines()]
+    assert cut == [r for r in records if r["step"] > 16]
+    assert (moved.parent / "tb").is_dir()
+
+
+def test_killed_checkpoint_write_leaves_nothing_behind(out: Path) -> None:
+    """Finding 7: the temporary file of a write a SIGKILL interrupted is removed by the next start."""
+    leftover = out / RUN / "checkpoints" / ".last.pt.1a2b3c4d.tmp"
+    leftover.write_bytes(b"")
+    result = run_cli(["train", *TINY, f"out_dir={out}", f"name={RUN}"])
+    assert_ok(result)
+    assert "removed 1 unfinished write(s)" in result.stdout and not leftover.exists()
+    assert "the run has finished (2 of 2 epochs): nothing to train" in result.stdout
+
+
+def test_checkpoints_follow_the_umask(finished_run: Path) -> None:
+    """Finding 10: last.pt is group/world readable under the default umask (not mkstemp's 0600)."""
+    mode = (finished_run / "checkpoints" / "last.pt").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_records_are_strict_json_when_the_run_diverges(tmp_path: Path) -> None:
+    """Finding 4: a run whose loss becomes NaN writes null, never bare NaN, in metrics.jsonl and summary.json."""
+    result = run_cli(["train", *TINY, f"out_dir={tmp_path}", "name=diverged", "optim.lr=1e6"])
+    assert_ok(result)
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict JSON constant {name}"))
+
+    summary = strict((tmp_path / "diverged" / "summary.json").read_text())
+    assert summary["diverged"] is True and summary["train_loss"] is None
+    lines = (tmp_path / "diverged" / "metrics.jsonl").read_text().splitlines()
+    assert any(record.get("train/loss", 0) is None for record in map(strict, lines))
+
+
+def test_checkpoint_frequency_does_not_change_training(reference_run: Path, tmp_path: Path) -> None:
+    """Finding 8: saving every step (2 ranks) ends with the same weights, BN statistics and val loss."""
+    args = ["train", *TINY, f"out_dir={tmp_path}", "name=often", "checkpoint.every_steps=1"]
+    assert_ok(run_cli(args, nproc=2))
+    often, reference = load_weights(tmp_path / "often"), load_weights(reference_run)
+    for key in reference:
+        assert torch.equal(often[key], reference[key]), key
+    summary = json.loads((tmp_path / "often" / "summary.json").read_text())
+    assert summary["val_loss"] == json.loads((reference_run / "summary.json").read_text())["val_loss"]
+
+
+# -- resource faults on a real (tiny) file system -------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 6 MB tmpfs mounted for the test (root only), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave_bytes: int) -> None:
+    """Fill ``disk`` until about ``leave_bytes`` are free."""
+    free = shutil.disk_usage(disk).free
+    with (disk / "filler").open("wb") as f:
+        f.write(bytes(max(0, free - leave_bytes)))
+
+
+def test_disk_full_at_a_checkpoint_stops_every_rank_with_one_line(small_disk: Path, finished_run: Path) -> None:
+    """Finding 5: 2 ranks, the disk fills up: one line per rank, exit 1, no hang, the last checkpoint intact."""
+    shutil.copytree(finished_run, small_disk / RUN)
+    last = small_disk / RUN / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    fill(small_disk, 60_000)  # room for the records, not for a new checkpoint
+    args = ["train", *TINY, f"out_dir={small_disk}", f"name={RUN}", "train.epochs=3", "on_config_change=continue"]
+    started = time.monotonic()
+    result = run_cli(args, nproc=2, timeout=180)
+    assert time.monotonic() - started < 150
+    assert_refused(result, "No space left on device", ranks=2)
+    assert f"cannot write checkpoint {last}: No space left on device" in result.stderr
+    assert "stopped because rank 0 failed" in result.stderr
+    assert last.read_bytes() == before
+    assert not list(last.parent.glob(".*.tmp"))
+
+
+def test_read_only_run_directory_is_one_line(small_disk: Path, finished_run: Path) -> None:
+    """A run directory on a file system mounted read-only: one line, nothing changed."""
+    shutil.copytree(finished_run, small_disk / RUN)
+    before = tree_hash(small_disk)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = run_cli(["train", *TINY, f"out_dir={small_disk}", f"name={RUN}"])
+    assert_refused(result, "Read-only file system")
+    assert tree_hash(small_disk) == before
