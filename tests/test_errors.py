@@ -80,9 +80,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     assert_one_line_error(result, f"checkpoint {source} was trained with another config (model.width: 8 → 16")
     told = ["on_config_change=continue"]  # the configs may differ, but the weights still do not fit
     result = run_cli(["train", *TINY, f"out_dir={tmp_path}", "name=b", f"resume={source}", "model.width=16", *told])
-    assert_one_line_error(
-        result, f"checkpoint {source} does not fit this run's model: shape mismatch: 0.weight (8, 3, 3, 3) vs (16, 3, 3, 3) here"
-    )
+    mismatch = "shape mismatch: 0.weight (8, 3, 3, 3) vs (16, 3, 3, 3) here"
+    assert_one_line_error(result, f"checkpoint {source} does not fit this run's model: {mismatch}")
     assert source.read_bytes() == before and not (tmp_path / "b" / "checkpoints").exists()
 
 
