@@ -445,6 +445,17 @@ def to_yaml(config: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"optim.lr": 0.1, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def to_dict(config: Config) -> dict[str, Any]:
     """The resolved config as plain nested dicts."""
     return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dist_train.config import flatten
 from dist_train.errors import DistTrainError
 
 SUMMARY = "summary.json"
@@ -66,19 +67,9 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
     return runs
 
 
-def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def varying_keys(runs: list[RunResult]) -> list[str]:
     """The config keys whose values differ between the runs (what a sweep varied), but ``name``."""
-    flats = [_flatten(run.summary["config"]) for run in runs]
+    flats = [flatten(run.summary["config"]) for run in runs]
     keys = dict.fromkeys(key for flat in flats for key in flat)
     return [key for key in keys if key not in ("name", "out_dir") and len({json.dumps(f.get(key)) for f in flats}) > 1]
 

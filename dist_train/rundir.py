@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dist_train.config import flatten
 from dist_train.errors import CheckpointError, DistTrainError
 
 LOCK = ".lock"
@@ -196,23 +197,13 @@ class RunLock:
 
 
 # -- config against checkpoint -----------------------------------------------------------------------
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _is_free(key: str) -> bool:
     return any(key == free or (free.endswith(".") and key.startswith(free)) for free in FREE_KEYS)
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: old → new`` for every key that matters for training and differs (free keys ignored)."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     keys = [key for key in new if not _is_free(key)] + [key for key in old if key not in new and not _is_free(key)]
     return [
         f"{key}: {old.get(key, '(absent)')} → {new.get(key, '(absent)')}"
