@@ -2,7 +2,10 @@
 
 The heatmap is paper 4's figure: validation error over batch size × base
 learning rate (any two config keys with ``--x``/``--y``). Several runs in one
-cell (e.g. seeds) are averaged.
+cell (e.g. seeds) are averaged. Two kinds of failed run are marked: *diverged*
+(the training loss stopped being finite) and *collapsed* (the loss stayed finite
+but the model ended at chance level: validation accuracy at most
+``COLLAPSE_FACTOR`` × 1 / number of classes, e.g. a constant prediction).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,9 @@ from dist_train.config import flatten
 from dist_train.errors import DistTrainError
 
 SUMMARY = "summary.json"
+COLLAPSE_FACTOR = 1.5
+"""A finite run whose validation accuracy is at most this many times chance (1 / classes) has collapsed."""
+FIXED_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,27 @@ class RunResult:
     def diverged(self) -> bool:
         loss = self.summary.get("train_loss")
         return bool(self.summary.get("diverged")) or (isinstance(loss, float) and not math.isfinite(loss))
+
+    @property
+    def num_classes(self) -> int | None:
+        """The summary's ``num_classes``, else the dataset's known class count; None when unknown."""
+        if self.summary.get("num_classes"):
+            return int(self.summary["num_classes"])
+        data = self.summary.get("config", {}).get("data", {})
+        dataset = data.get("dataset")
+        return data.get("synthetic_classes") if dataset == "synthetic" else FIXED_CLASSES.get(dataset)
+
+    @property
+    def collapsed(self) -> bool:
+        """Finite training loss but chance-level validation accuracy (distinct from diverged)."""
+        accuracy, classes = self.summary.get("val_acc"), self.num_classes
+        if self.diverged or accuracy is None or not classes or not math.isfinite(accuracy):
+            return False
+        return accuracy <= COLLAPSE_FACTOR / classes
+
+    @property
+    def status(self) -> str:
+        return "diverged" if self.diverged else "collapsed" if self.collapsed else "ok"
 
 
 def find_runs(paths: list[str | Path]) -> list[RunResult]:
@@ -93,7 +120,7 @@ def table_rows(runs: list[RunResult], keys: list[str], root: Path) -> list[dict[
                 "steps": s.get("steps"),
                 "epochs": s.get("epochs"),
                 "train_seconds": s.get("train_seconds"),
-                "status": "diverged" if run.diverged else "ok",
+                "status": run.status,
             }
         )
     return rows
@@ -110,6 +137,8 @@ class Grid:
     error: dict[tuple[Any, Any], float]
     count: dict[tuple[Any, Any], int]
     diverged: dict[tuple[Any, Any], bool]
+    collapsed: dict[tuple[Any, Any], bool] = field(default_factory=dict)
+    """Cells where a run collapsed to chance (and none diverged)."""
 
     def best(self, x: Any = None) -> tuple[Any, Any] | None:
         """The cell of lowest finite error among those that did not diverge (in column ``x`` if given)."""
@@ -120,18 +149,26 @@ class Grid:
         ]
         return min(finite, key=lambda item: item[0])[1] if finite else None
 
+    def mark(self, cell: tuple[Any, Any]) -> str:
+        """``div.``, ``coll.`` or nothing."""
+        return "div." if self.diverged[cell] else "coll." if self.collapsed.get(cell) else ""
+
 
 def make_grid(runs: list[RunResult], x_key: str, y_key: str) -> Grid:
     errors: dict[tuple[Any, Any], list[float]] = defaultdict(list)
     diverged: dict[tuple[Any, Any], bool] = defaultdict(bool)
+    collapsed: dict[tuple[Any, Any], bool] = defaultdict(bool)
     for run in runs:
         cell = (run.config_value(x_key), run.config_value(y_key))
         errors[cell].append(run.val_error)
         diverged[cell] |= run.diverged
+        collapsed[cell] |= run.collapsed
     xs = sorted({x for x, _ in errors}, key=_sort_key)
     ys = sorted({y for _, y in errors}, key=_sort_key)
     mean = {cell: sum(values) / len(values) for cell, values in errors.items()}
-    return Grid(x_key, y_key, xs, ys, mean, {c: len(v) for c, v in errors.items()}, dict(diverged))
+    count = {c: len(v) for c, v in errors.items()}
+    only_collapsed = {cell: collapsed[cell] and not diverged[cell] for cell in errors}
+    return Grid(x_key, y_key, xs, ys, mean, count, dict(diverged), only_collapsed)
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -155,7 +192,8 @@ def grid_markdown(grid: Grid) -> str:
                 continue
             text = _number(grid.error[(x, y)])
             text = f"**{text}**" if (x, y) == best else text
-            cells.append(f"{text} (div.)" if grid.diverged[(x, y)] else text)
+            mark = grid.mark((x, y))
+            cells.append(f"{text} ({mark})" if mark else text)
         lines.append(f"| {_label(y)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -211,7 +249,8 @@ def plot_heatmap(grid: Grid, path: Path, title: str) -> None:
     best = grid.best()
     for (x, y), err in grid.error.items():
         i, j = grid.ys.index(y), grid.xs.index(x)
-        text = "div." if grid.diverged[(x, y)] else _number(err, ".1f")
+        text = _number(err, ".1f") + ("\ncoll." if grid.collapsed.get((x, y)) else "")
+        text = "div." if grid.diverged[(x, y)] else text
         weight = "bold" if (x, y) == best else "normal"
         dark = math.isfinite(err) and image.norm(err) > 0.6  # viridis_r is dark at high error
         axes.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black", weight=weight)
@@ -259,7 +298,8 @@ def write_report(
     markdown = (
         f"# Sweep report: {len(runs)} runs under {shown}\n\n"
         f"Validation error (%) by {y_key} (rows) and {x_key} (columns); mean over runs in a cell, "
-        f"best in bold, div. = training loss diverged.\n\n{grid_markdown(grid)}\n\n{best_line}\n\n"
+        f"best in bold, div. = training loss diverged, coll. = collapsed to chance (finite loss, validation "
+        f"accuracy at most {COLLAPSE_FACTOR:g} × chance).\n\n{grid_markdown(grid)}\n\n{best_line}\n\n"
         f"{best_per_column_markdown(grid)}\n\n"
         f"## Runs\n\n{rows_markdown(rows)}\n"
     )

@@ -140,3 +140,38 @@ def test_report_averages_seeds_in_a_cell(tmp_path: Path) -> None:
     assert "| run | data.batch_size | optim.lr | seed |" in written["markdown"].read_text()  # what varies
     with pytest.raises(DistTrainError, match=r"its config has no key 'optim\.momentum'"):
         write_report([tmp_path], x_key="optim.momentum", plot=False)
+
+
+def test_report_marks_runs_that_collapsed_to_chance(tmp_path: Path) -> None:
+    """A finite run stuck at chance (a constant prediction) is 'collapsed', not 'diverged' and not 'ok'."""
+    runs = {
+        "ok": (0.95, 0.2, {}),
+        "collapsed": (0.1045, 2.301, {}),  # 10 classes: a constant prediction scores one class's share
+        "diverged": (0.098, float("nan"), {"diverged": True}),
+        "slow": (0.29, 1.9, {}),  # learning slowly: above chance
+    }
+    for lr, (name, (accuracy, loss, extra)) in zip((0.01, 0.1, 1.0, 0.001), runs.items(), strict=True):
+        config = {"name": name, "data": {"dataset": "fashion_mnist", "batch_size": 128}, "optim": {"lr": lr}}
+        (tmp_path / name).mkdir()
+        summary = {"val_acc": accuracy, "train_loss": loss, "config": config, **extra}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    found = {run.run_dir.name: run for run in find_runs([tmp_path])}
+    assert {name: run.status for name, run in found.items()} == {
+        "ok": "ok",
+        "collapsed": "collapsed",
+        "diverged": "diverged",
+        "slow": "ok",
+    }
+    grid = make_grid(list(found.values()), "data.batch_size", "optim.lr")
+    assert grid.collapsed[(128, 0.1)] and not grid.collapsed[(128, 1.0)] and grid.diverged[(128, 1.0)]
+    assert grid.best() == (128, 0.01)
+    written = write_report([tmp_path], tmp_path / "report")
+    markdown = written["markdown"].read_text()
+    assert "89.55 (coll.)" in markdown and "(div.)" in markdown and "coll. = collapsed to chance" in markdown
+    with written["csv"].open() as f:
+        assert {row["run"]: row["status"] for row in csv.DictReader(f)}["collapsed"] == "collapsed"
+    # Without a known number of classes (an ImageFolder run without num_classes) nothing is called collapsed.
+    unknown = json.loads((tmp_path / "collapsed" / "summary.json").read_text())
+    unknown["config"]["data"]["dataset"] = "imagefolder"
+    (tmp_path / "collapsed" / "summary.json").write_text(json.dumps(unknown))
+    assert not next(run for run in find_runs([tmp_path]) if run.run_dir.name == "collapsed").collapsed
