@@ -23,6 +23,14 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", "-c", help="YAML config file (see configs/)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
+        if name == "plan":
+            sub.add_argument(
+                "--train-size",
+                type=int,
+                default=0,
+                metavar="N",
+                help="training images (default: counted without loading them, or the standard set's size)",
+            )
 
     text = "submit a run (--config) or a sweep (--sweep, as one job array) to SLURM with submitit"
     submit = commands.add_parser("submit", help=text, description=text)
@@ -59,15 +67,17 @@ def _rank_prefix() -> str:
     return f"[rank {os.environ.get('RANK', '0')}] " if world and world != "1" else ""
 
 
-def describe_plan(cfg: Config) -> str:
-    """The plan table for ``cfg`` (reads the dataset to count its training images)."""
-    from dist_train.data import build_datasets
+def describe_plan(cfg: Config, given_train_size: int = 0) -> str:
+    """The plan table for ``cfg``; the training set is counted without loading it (see data/sizes.py)."""
+    from dist_train.data.sizes import train_size
     from dist_train.regime import format_plan, plan_from_config
 
-    train_size = len(build_datasets(cfg.data).train)
-    header = f"{cfg.name}: {cfg.model.name} on {cfg.data.dataset} ({train_size} training images)"
+    if given_train_size < 0:
+        raise ConfigError(f"--train-size must be at least 1, got {given_train_size}")
+    size = train_size(cfg.data, given_train_size)
+    header = f"{cfg.name}: {cfg.model.name} on {cfg.data.dataset} ({size.count} training images: {size.source})"
     ghost = f"ghost batch {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "plain BatchNorm"
-    return f"{header}\n{format_plan(plan_from_config(cfg, train_size))}\nbatch norm: {ghost}"
+    return f"{header}\n{format_plan(plan_from_config(cfg, size.count))}\nbatch norm: {ghost}"
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg), end="")
             return 0
         if args.command == "plan":
-            print(describe_plan(cfg))
+            print(describe_plan(cfg, args.train_size))
             return 0
         from dist_train.run import train  # heavy imports only when training
 

@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +185,26 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(dataclasses.replace(self.cfg, resume="auto")))
 
 
-def make_executor(options: SlurmOptions, folder: Path) -> Any:
-    """A submitit SLURM executor for ``options`` whose logs go to ``folder`` (``%j`` = job id)."""
+@contextlib.contextmanager
+def _without_srun_check() -> Iterator[None]:
+    """submitit refuses to build its SLURM executor where ``srun`` is not on PATH; a dry run only formats
+    the sbatch script with it, which needs no cluster (a laptop)."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    saved = SlurmExecutor.__dict__["affinity"]
+    SlurmExecutor.affinity = classmethod(lambda cls: 2)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SlurmExecutor.affinity = saved  # type: ignore[method-assign]
+
+
+def make_executor(options: SlurmOptions, folder: Path, dry_run: bool = False) -> Any:
+    """A submitit SLURM executor for ``options`` whose logs go to ``folder`` (``%j`` = job id); with
+    ``dry_run`` one that can only format the sbatch script, built without SLURM installed."""
     submitit = import_submitit()
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=options.max_timeouts)
+    with _without_srun_check() if dry_run else contextlib.nullcontext():
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=options.max_timeouts)
     parameters: dict[str, Any] = {
         "name": options.job_name,
         "nodes": options.nodes,
@@ -231,7 +247,7 @@ def submit(cfgs: Sequence[Config], options: SlurmOptions, folder: Path, dry_run:
     submitted if the cluster check fails. With ``dry_run``, print what would be submitted and return no jobs."""
     if not dry_run:
         check_cluster(options)
-    executor = make_executor(options, folder)
+    executor = make_executor(options, folder, dry_run)
     if dry_run:
         print(sbatch_script(executor, len(cfgs)))
         return []

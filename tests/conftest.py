@@ -46,11 +46,20 @@ def torchrun_cmd(nproc: int, *extra: str) -> list[str]:
     return local_torchrun(nproc, *extra)
 
 
-def run_cli(args: list[str], nproc: int = 1, timeout: float = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """``dist-train ARGS`` alone (nproc=1) or under torchrun with ``nproc`` processes."""
+def run_cli(
+    args: list[str], nproc: int = 1, timeout: float = 240, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``dist-train ARGS`` alone (nproc=1) or under torchrun with ``nproc`` processes (``env`` adds variables)."""
     prefix = torchrun_cmd(nproc) if nproc > 1 else [sys.executable]
     cmd = [*prefix, "-m", "dist_train", *args]
-    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    environment = subprocess_env() | (env or {})
+    return subprocess.run(cmd, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def path_without(*programs: str) -> str:
+    """This PATH less every directory that holds one of ``programs`` (a machine without them)."""
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(f for f in folders if f and not any((Path(f) / p).exists() for p in programs))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

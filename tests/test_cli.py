@@ -36,3 +36,47 @@ def test_plan_shows_scaled_lr_and_adapted_regime():
 def test_plan_rejects_a_rule_without_reference():
     result = run_cli(["plan", "--config", "configs/quickstart.yaml", "regime.lr_rule=sqrt"])
     assert result.returncode == 1 and "regime.reference_batch_size" in result.stderr
+
+
+def plan_header(result) -> str:
+    assert_ok(result)
+    return result.stdout.splitlines()[0]
+
+
+def test_plan_of_a_recipe_needs_no_data(tmp_path):
+    """A standard set that is not on disk is planned with its published size; nothing is read or written."""
+    result = run_cli(["plan", "--config", "configs/cifar10_resnet44_lb_lr_gbn_ra.yaml", f"data.root={tmp_path}/none"])
+    assert "(50000 training images: the published size of the CIFAR-10 training set)" in plan_header(result)
+    assert "total updates" in result.stdout and not (tmp_path / "none").exists()
+
+
+def test_plan_counts_idx_and_imagefolder_sets_without_decoding_them(tmp_path):
+    """Only IDX headers and file lists are read: files whose pixels are missing or undecodable still count."""
+    idx = tmp_path / "mnist"
+    idx.mkdir()
+    header = (2051).to_bytes(4, "big") + (1000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (idx / "t10k-images-idx3-ubyte").write_bytes(header)  # no pixels: training would refuse it
+    (idx / "t10k-labels-idx1-ubyte").write_bytes((2049).to_bytes(4, "big") + (1000).to_bytes(4, "big"))
+    result = run_cli(["plan", "--config", "configs/mnist_f1.yaml", f"data.root={idx}", "data.val_fraction=0.2"])
+    assert "(800 training images: counted from the IDX header" in plan_header(result)
+
+    for label in ("a", "b"):
+        (tmp_path / "folder" / "train" / label).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / "folder" / "train" / label / f"{i}.jpg").write_bytes(b"not a jpeg")
+    folder = [
+        "data.dataset=imagefolder",
+        f"data.root={tmp_path / 'folder'}",
+        "data.val_fraction=0.2",
+        "data.batch_size=4",
+    ]
+    result = run_cli(["plan", "--config", "configs/quickstart.yaml", *folder])
+    assert "(8 training images: counted from the file list of" in plan_header(result)
+
+
+def test_plan_without_a_known_size_asks_for_train_size():
+    result = run_cli(["plan", "--config", "configs/imagenet_resnet50.yaml", "data.root=/no/such/imagenet"])
+    assert result.returncode == 1 and "--train-size N" in result.stderr
+    result = run_cli(["plan", "--config", "configs/imagenet_resnet50.yaml", "--train-size", "1281167"])
+    assert "(1281167 training images: given with --train-size)" in plan_header(result)
+    assert "steps/epoch" in result.stdout

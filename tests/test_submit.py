@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, assert_ok, run_cli
+from conftest import REPO, TINY, assert_ok, path_without, run_cli, subprocess_env, write_sweep
 
 from dist_train.config import Config, load_config
 from dist_train.errors import CheckpointError, ConfigError, DataError
@@ -83,12 +85,45 @@ def test_impossible_allocations_are_refused(field: str) -> None:
         SlurmOptions(**{field: -1})
 
 
+NO_SLURM = {"PATH": path_without("srun", "sbatch", "sinfo")}
+"""A laptop: no SLURM command on PATH, whatever this machine has."""
+
+
 def test_dry_run_of_a_gpu_job_needs_no_cluster(tmp_path: Path) -> None:
     """One task per GPU: 2 nodes × 4 GPUs is 8 ranks; nothing is submitted and nothing is written."""
     allocation = ["--nodes", "2", "--gpus-per-node", "4", "--setup", "module load cuda"]
     command = ["submit", "--config", "configs/quickstart.yaml", *allocation, "--dry-run", f"out_dir={tmp_path}/r"]
-    result = run_cli(command)
+    result = run_cli(command, env=NO_SLURM)
     assert_ok(result)
     for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4"):
         assert line in result.stdout
     assert f"out_dir: {tmp_path}/r" in result.stdout and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "dist-train submit --config configs/quickstart.yaml --tasks-per-node 2 --dry-run",
+        "python slurm/submit.py --config configs/quickstart.yaml --nodes 2 --gpus-per-node 4 --dry-run",
+    ],
+    ids=["dist-train", "slurm-submit-py"],
+)
+def test_readme_dry_runs_work_on_a_laptop(tmp_path: Path, command: str) -> None:
+    """The README's dry runs, with no srun/sbatch/sinfo on PATH: the sbatch lines and the config, no traceback."""
+    program, *args = command.split()
+    executable = sys.executable if program == "python" else str(Path(sys.executable).parent / program)
+    env = subprocess_env() | NO_SLURM
+    result = subprocess.run(
+        [executable, *args, f"out_dir={tmp_path}/r"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert_ok(result)
+    assert "#SBATCH --signal=USR2@90" in result.stdout and "srun --unbuffered" in result.stdout
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_sweep_dry_run_needs_no_cluster(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"optim.lr": [0.01, 0.1]})
+    result = run_cli(["submit", "--sweep", str(path), "--nodes", "2", "--dry-run"], env=NO_SLURM)
+    assert_ok(result)
+    assert "#SBATCH --array=0-1%2" in result.stdout and "#SBATCH --nodes=2" in result.stdout
+    assert not (tmp_path / "runs").exists()

@@ -54,7 +54,7 @@ FASHION_MNIST = IdxSet(
 IDX_SETS = {s.name: s for s in (MNIST, FASHION_MNIST)}
 
 
-def _locate(folder: Path, name: str) -> Path | None:
+def locate(folder: Path, name: str) -> Path | None:
     """``folder/name`` or ``folder/name.gz``, whichever exists (raw first)."""
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
@@ -104,7 +104,7 @@ def _find_pairs(folder: Path, name: str) -> dict[str, tuple[Path, Path]]:
     """The complete pairs in ``folder``; a half pair is an error."""
     pairs = {}
     for split_name, (images_name, labels_name) in PAIRS.items():
-        images, labels = _locate(folder, images_name), _locate(folder, labels_name)
+        images, labels = locate(folder, images_name), locate(folder, labels_name)
         if images and labels:
             pairs[split_name] = (images, labels)
         elif images or labels:
