@@ -36,7 +36,7 @@ def test_distance_logged_fitted_and_kept_across_resume(tmp_path):
     args = ["train", *TINY, f"out_dir={tmp_path}", "name=diff", "diffusion.every_steps=2"]
     assert_ok(run_cli([*args, "train.epochs=1"]))
     first = torch.load(tmp_path / "diff" / "checkpoints" / "last.pt", weights_only=True)["callbacks"]
-    result = run_cli(args)
+    result = run_cli([*args, "on_config_change=continue"])  # 2 epochs now
     assert_ok(result)
     state = torch.load(tmp_path / "diff" / "checkpoints" / "last.pt", weights_only=True)
     second = state["callbacks"]["weight_distance"]
