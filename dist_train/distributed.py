@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TypeVar
 
@@ -36,6 +36,11 @@ class DistContext:
     group: dist.ProcessGroup | None = None
     """The process group this context trains over (None: the whole world); rank and
     world_size are this process's place within it."""
+    hosts: tuple[str, ...] = ()
+    """The host name of every rank of the group, in rank order."""
+    restarts: int = 0
+    """Restarts of the job so far: the most that any rank's launcher counted (torchrun agents on several
+    nodes may count differently)."""
 
     @property
     def is_primary(self) -> bool:
@@ -94,14 +99,34 @@ def pick_backend(preference: str, device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def _store_for_this_attempt(timeout: timedelta) -> dist.Store:
-    """The env:// rendezvous store, under a prefix unique to this restart.
+SHARED_STORE_HINT = (
+    "torchrun restarts across nodes need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment "
+    "(launch/train.sh sets it): with the agent's shared store, agents that count their restarts differently "
+    "wait for each other until dist.timeout_s"
+)
 
-    torchrun keeps one store across ``--max-restarts`` restarts; without the
-    prefix, restarted gloo workers can read the addresses the killed workers
-    published and fail to connect.
+
+def _agent_shares_store() -> bool:
+    """Whether torchrun's agent serves the workers' store, the same one for all of its restarts."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+def _store_for_this_attempt(timeout: timedelta) -> dist.Store:
+    """The env:// rendezvous store, holding only this start's keys.
+
+    A store served by torchrun's agent lives through its ``--max-restarts`` restarts; without a
+    prefix per restart, restarted gloo workers can read the addresses the killed workers published
+    and fail to connect. The prefix is the agent's restart count, which is the same for every worker
+    of one node; agents on several nodes may count differently (a restart that another node's
+    failure causes is not counted), so there torchrun should give every restart a fresh store
+    (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``: rank 0 serves it), which needs no prefix. SLURM jobs
+    get a fresh store with every (re)start too.
     """
     store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    if not _agent_shares_store():
+        return store
+    if _env_int("RANK", 0) == 0 and _env_int("GROUP_WORLD_SIZE", 1) > 1 and _env_int("TORCHELASTIC_MAX_RESTARTS", 0):
+        print(f"dist-train: warning: {SHARED_STORE_HINT}", file=sys.stderr, flush=True)
     return dist.PrefixStore(f"dist_train/attempt_{restart_count()}/", store)
 
 
@@ -118,7 +143,9 @@ def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 60
     _check_environment(rank, world_size, local_rank)
     torch_device = pick_device(device, local_rank)
     chosen = pick_backend(backend, torch_device)
-    context = DistContext(rank, world_size, local_rank, torch_device, chosen)
+    context = DistContext(
+        rank, world_size, local_rank, torch_device, chosen, hosts=(socket.gethostname(),), restarts=restart_count()
+    )
     if world_size > 1 and not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s)
         dist.init_process_group(
@@ -130,6 +157,10 @@ def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 60
             device_id=torch_device if torch_device.type == "cuda" else None,
         )
     try:
+        if dist.is_initialized():
+            places = all_gather_objects((socket.gethostname(), restart_count()))
+            hosts, restarts = zip(*places, strict=True)  # type: ignore[arg-type]
+            context = replace(context, hosts=tuple(hosts), restarts=max(restarts))
         yield context
     finally:
         if dist.is_initialized():

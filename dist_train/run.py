@@ -18,7 +18,7 @@ from dist_train.data import DatasetSplits, build_datasets
 from dist_train.data.loader import TrainLoader, build_eval_loader, build_train_loader, micro_batch_size
 from dist_train.data.transforms import recipe_for
 from dist_train.diffusion import WeightDistance
-from dist_train.distributed import DistContext, agree, distributed, restart_count
+from dist_train.distributed import DistContext, agree, distributed
 from dist_train.errors import ConfigError
 from dist_train.jsonio import write_json
 from dist_train.models import build_model
@@ -122,8 +122,10 @@ def prepare_trainer(
     elif initial_weights is not None:
         model.load_state_dict(initial_weights)
     parameters = sum(p.numel() for p in model.parameters())
+    hosts = sorted(set(ctx.hosts))
+    on_hosts = f"{len(hosts)} hosts ({', '.join(hosts[:4])}{', ...' * (len(hosts) > 4)}) | " if len(hosts) > 1 else ""
     lines.append(
-        f"run {run_dir} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | "
+        f"run {run_dir} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | {on_hosts}"
         f"{cfg.model.name} ({parameters / 1e6:.2f}M params) | {len(data.train)} train / {len(data.val)} val | "
         f"batch {cfg.data.batch_size} ({micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
         f"{plan.epochs} epochs × {train_loader.steps_per_epoch} steps | lr {plan.lr:.4g}"
@@ -153,8 +155,9 @@ def open_records(prepared: Prepared, cfg: Config) -> None:
         trainer.step,
         "start",
         resumed_from=str(prepared.resumed_from) if prepared.resumed_from else None,
-        restarts=restart_count(),
+        restarts=trainer.ctx.restarts,
         world_size=trainer.ctx.world_size,
+        hosts=list(trainer.ctx.hosts),
         backend=trainer.ctx.backend,
         device=str(trainer.ctx.device),
         parameters=sum(p.numel() for p in trainer.module.parameters()),

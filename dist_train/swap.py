@@ -205,7 +205,11 @@ def replica_groups(world_size: int, replica_size: int) -> list[dist.ProcessGroup
 
 def replica_context(ctx: DistContext, replica_size: int, groups: list[dist.ProcessGroup | None]) -> DistContext:
     """This process's place in its replica."""
-    return replace(ctx, rank=ctx.rank % replica_size, world_size=replica_size, group=groups[ctx.rank // replica_size])
+    first = ctx.rank - ctx.rank % replica_size
+    hosts = ctx.hosts[first : first + replica_size]
+    return replace(
+        ctx, rank=ctx.rank % replica_size, world_size=replica_size, group=groups[ctx.rank // replica_size], hosts=hosts
+    )
 
 
 def run_phase2(cfg: Config, ctx: DistContext, phase1: dict[str, Any], replica_size: int) -> tuple[Trainer, dict]:

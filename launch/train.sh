@@ -10,10 +10,20 @@
 #   RDZV_ENDPOINT   host:port of the c10d rendezvous, needed when NNODES > 1
 #   RDZV_ID         job id shared by all nodes (default: dist_train)
 #   MAX_RESTARTS    torchrun restarts after a worker failure; runs resume from their last checkpoint (default 0)
-#   PYTHON          interpreter to use (default: python3)
+#   PYTHON          interpreter to use (default: the active virtual environment's, else this checkout's
+#                   .venv, else python3)
 set -euo pipefail
 
-python=${PYTHON:-python3}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -n ${PYTHON:-} ]]; then
+  python=$PYTHON
+elif [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
+  python=$VIRTUAL_ENV/bin/python
+elif [[ -x $repo/.venv/bin/python ]]; then
+  python=$repo/.venv/bin/python
+else
+  python=python3
+fi
 if [[ -z ${NPROC_PER_NODE:-} ]]; then
   gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
   NPROC_PER_NODE=$(( gpus > 0 ? gpus : 2 ))
@@ -29,4 +39,7 @@ else
   fi
   args+=(--nnodes="$nnodes" --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-dist_train}")
 fi
+# A fresh rendezvous store for every restart (served by the workers' rank 0), not one the agent keeps: the
+# agents of several nodes may count their restarts differently, and the workers must agree on the store.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 exec "$python" -m torch.distributed.run "${args[@]}" -m dist_train train "$@"
