@@ -2,8 +2,12 @@
 
 Runs that are given a lasting ``out_dir`` (``--runs``, default ``runs/experiments/``) make an
 experiment resumable: a run whose ``summary.json`` exists is read back instead of trained, and
-an interrupted one continues from its last checkpoint (``resume=auto``). So a killed experiment,
-started again with the same command, carries on where it stopped.
+an interrupted one continues from its last checkpoint (``resume=auto``), once the run lock its
+killed attempt left is removed (:func:`release_stale_lock`). So a killed experiment, started again
+with the same command, carries on where it stopped.
+
+``python experiments/common.py release-stale-locks DIR...`` does the lock part for every run under
+DIR (the sweep scripts call it before resuming a sweep).
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,46 +31,105 @@ import matplotlib.pyplot as plt
 
 from dist_train.config import load_config
 from dist_train.run import train
+from dist_train.rundir import LOCK
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 RUNS = REPO / "runs" / "experiments"
 MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
 MNIST_SPLIT = [f"data.root={MNIST}", "data.val_fraction=0.2", "data.split_seed=0"]  # fixed 8,000 / 2,000
-MNIST_CONFIG = REPO / "configs" / "mnist_f1_sb.yaml"
-FASHION_CONFIG = REPO / "configs" / "fashion_mnist_f1_sb.yaml"
-"""Fashion-MNIST, its real 60,000 / 10,000 split, from the config's default root."""
 SMOKE_SUBSET = ["data.train_subset=2048", "train.eval_every=1"]
 """What ``--smoke`` adds to every run: a 2,048-image training subset."""
+WALL = "wall.json"
+"""Beside a finished run's summary.json: the wall time this script measured around it."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The data an experiment trains on: a base config, the overrides that select the data, and its name."""
+
+    key: str
+    """Suffix of the result files (``gap_<key>.md``)."""
+    config: Path
+    data: tuple[str, ...]
+    description: str
+    """How the tables describe it."""
+
+
+MNIST_DATA = DataSpec(
+    "mnist",
+    REPO / "configs" / "mnist_f1_sb.yaml",
+    tuple(MNIST_SPLIT),
+    "MNIST F1 on real MNIST digits (8,000 train / 2,000 validation)",
+)
+FASHION_DATA = DataSpec(
+    "fashion_mnist",
+    REPO / "configs" / "fashion_mnist_f1_sb.yaml",
+    (),
+    "MNIST F1 on Fashion-MNIST (the real 60,000 train / 10,000 test split)",
+)
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
 
-def run(
-    name: str,
-    overrides: list[str],
-    out_dir: Path,
-    config: Path = MNIST_CONFIG,
-    data: list[str] | None = None,
-) -> dict[str, Any]:
-    """Train ``config`` with ``data`` and ``overrides`` in this process; the summary plus the eval curve.
+def finished(run_dir: Path, started: float) -> float:
+    """Record (once) and return the wall time of a run that has just written its summary.json."""
+    wall = run_dir / WALL
+    if not wall.is_file():
+        wall.write_text(json.dumps({"wall_seconds": time.perf_counter() - started}))
+    return json.loads(wall.read_text())["wall_seconds"]
 
-    ``data`` defaults to the real-MNIST split for the MNIST config and to nothing otherwise. A run
-    whose summary.json exists is not trained again; an interrupted one resumes (``resume=auto``).
-    ``wall_seconds`` is measured around the call (for a read-back run: its recorded training time).
+
+def _running_here(pid: int, process_start: str) -> bool:
+    """Whether process ``pid`` (which started at kernel tick ``process_start``, if known) still runs here."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return True
+    return not process_start or started == process_start
+
+
+def release_stale_lock(run_dir: Path) -> None:
+    """Remove the run lock a killed attempt of this experiment left behind (its holder ran on this host
+    and is gone), so that the run resumes; a lock held by a live process, or from another host, stays."""
+    lock = run_dir / LOCK
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return
+    if holder.get("host") == socket.gethostname() and not _running_here(
+        int(holder.get("pid", 0)), str(holder.get("process_start", ""))
+    ):
+        lock.unlink(missing_ok=True)
+        print(f"{run_dir}: removed the lock of an earlier, killed attempt (pid {holder.get('pid')})", flush=True)
+
+
+def run(name: str, overrides: list[str], out_dir: Path, spec: DataSpec = MNIST_DATA) -> dict[str, Any]:
+    """Train ``spec``'s config with ``overrides`` in this process; the summary plus the eval curve.
+
+    A run whose summary.json exists is read back, not trained again; an interrupted one resumes
+    (``resume=auto``). ``wall_seconds``: measured around the run (around its last attempt when it
+    was interrupted; its training time when it was not run by this script).
     """
-    data = (MNIST_SPLIT if config == MNIST_CONFIG else []) if data is None else data
-    summary_path = out_dir / name / "summary.json"
+    run_dir = out_dir / name
     started = time.perf_counter()
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        summary["wall_seconds"] = summary["train_seconds"]
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        wall = json.loads((run_dir / WALL).read_text()) if (run_dir / WALL).is_file() else {}
+        summary["wall_seconds"] = wall.get("wall_seconds", summary["train_seconds"])
     else:
-        summary = train(load_config(config, [*data, *overrides, f"out_dir={out_dir}", f"name={name}"]))
-        summary["wall_seconds"] = time.perf_counter() - started
-    summary["curve"] = [(r["step"], r["val/acc"]) for r in read_records(out_dir / name) if "val/acc" in r]
+        release_stale_lock(run_dir)
+        summary = train(load_config(spec.config, [*spec.data, *overrides, f"out_dir={out_dir}", f"name={name}"]))
+        summary["wall_seconds"] = finished(run_dir, started)
+    summary["curve"] = [(r["step"], r["val/acc"]) for r in read_records(run_dir) if "val/acc" in r]
     summary.pop("config", None)
     return summary
 
@@ -110,10 +176,6 @@ def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
-def mean(values: Sequence[float]) -> float:
-    return statistics.mean(values) if values else float("nan")
-
-
 def line_plot(
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
     path: Path,
@@ -135,3 +197,11 @@ def line_plot(
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["release-stale-locks"]:
+        sys.exit("usage: python experiments/common.py release-stale-locks DIR...")
+    for folder in map(Path, sys.argv[2:]):
+        for lock in sorted(folder.rglob(LOCK)) if folder.is_dir() else []:
+            release_stale_lock(lock.parent)

@@ -2,6 +2,7 @@
 
     python experiments/swap_mnist.py                      # ~3 min on 2 idle CPU cores
     python experiments/swap_mnist.py --seeds 1 --small-epochs 1 --phase1-max-epochs 2 --phase2-epochs 1
+    python experiments/swap_mnist.py --smoke              # a check that it runs (2,048 images)
 
 MNIST F1 on the real MNIST test set split 8,000 / 2,000 (fixed split seed), three methods per seed:
 
@@ -17,7 +18,8 @@ MNIST F1 on the real MNIST test set split 8,000 / 2,000 (fixed split seed), thre
 Sequential updates: SB and LB count their optimizer steps; SWAP counts phase-1 steps plus the phase-2
 steps of one replica (the replicas run side by side). Wall time is measured around each run by this
 script; SWAP's includes starting torchrun and its two workers. Writes ``swap_mnist.md`` (table) and
-``swap_mnist.json`` (raw summaries) to ``--out``.
+``swap_mnist.json`` (raw summaries) to ``--out``. Runs are kept under ``--runs``: the same command
+continues an interrupted experiment (finished runs are read back, their wall time with them).
 """
 
 from __future__ import annotations
@@ -27,12 +29,24 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import MNIST_SPLIT, REPO, mean_std, run
+from common import (
+    MNIST_DATA,
+    REPO,
+    SMOKE_SUBSET,
+    WALL,
+    DataSpec,
+    finished,
+    mean_std,
+    parse,
+    release_stale_lock,
+    run,
+    write_results,
+)
 from common import parser as experiment_parser
 
 from dist_train.distributed import local_torchrun
@@ -40,16 +54,29 @@ from dist_train.distributed import local_torchrun
 COMMON = [
     "train.log_every=50",
     "train.grad_clip_norm=5",
-    "checkpoint.every_epochs=0",
+    "checkpoint.every_epochs=1",
     "diffusion.every_steps=0",
     "data.num_workers=0",
 ]
 
 
+@dataclass(frozen=True)
+class Swap:
+    """One SWAP experiment: the data and the defaults of its arguments."""
+
+    spec: DataSpec
+    defaults: dict[str, Any] = field(default_factory=dict)
+    doc: str = __doc__
+
+
+def common(args: Any) -> list[str]:
+    return [*COMMON, *(SMOKE_SUBSET if args.smoke else [])]
+
+
 def small_overrides(args: Any, seed: int) -> list[str]:
     epochs = args.small_epochs
     return [
-        *COMMON,
+        *common(args),
         f"data.batch_size={args.small_batch}",
         f"optim.lr={args.lr}",
         f"train.epochs={epochs}",
@@ -67,11 +94,12 @@ def large_overrides(args: Any, seed: int, epochs: int, decay: bool) -> list[str]
         else ["schedule.name=constant", "schedule.milestones=[]"]
     )
     return [
-        *COMMON,
+        *common(args),
         f"data.batch_size={args.large_batch}",
         f"optim.lr={args.lr}",
         f"regime.reference_batch_size={args.small_batch}",
         "regime.lr_rule=sqrt",
+        f"regime.warmup_epochs={args.warmup_epochs}",
         f"train.epochs={epochs}",
         *schedule,
         f"seed={seed}",
@@ -94,50 +122,53 @@ def swap_overrides(args: Any, seed: int) -> list[str]:
     ]
 
 
-def run_swap(name: str, overrides: list[str], out_dir: Path, nproc: int) -> dict[str, Any]:
-    """One SWAP job: ``nproc`` CPU workers under torchrun, one thread each; the summary plus its wall time."""
-    cmd = [
-        *local_torchrun(nproc),
-        "-m",
-        "dist_train",
-        "train",
-        "--config",
-        str(REPO / "configs" / "mnist_f1_sb.yaml"),
-        *MNIST_SPLIT,
-        *overrides,
-        f"out_dir={out_dir}",
-        f"name={name}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+def run_swap(spec: DataSpec, name: str, overrides: list[str], out_dir: Path, nproc: int) -> dict[str, Any]:
+    """One SWAP job: ``nproc`` CPU workers under torchrun, one thread each; the summary plus its wall time.
+
+    A finished job (summary.json and the wall time beside it) is read back; an interrupted one resumes.
+    """
+    run_dir = out_dir / name
     started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"SWAP run {name} failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-5000:]}"
-        )
-    summary = json.loads((out_dir / name / "summary.json").read_text())
+    if not ((run_dir / "summary.json").is_file() and (run_dir / WALL).is_file()):
+        release_stale_lock(run_dir)
+        cmd = [
+            *local_torchrun(nproc),
+            "-m",
+            "dist_train",
+            "train",
+            "--config",
+            str(spec.config),
+            *spec.data,
+            *overrides,
+            f"out_dir={out_dir}",
+            f"name={name}",
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"SWAP run {name} failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-5000:]}"
+            )
+    summary = json.loads((run_dir / "summary.json").read_text())
     summary.pop("config", None)
-    summary["wall_seconds"] = wall
+    summary["wall_seconds"] = finished(run_dir, started)
     return summary
 
 
-def timed_run(name: str, overrides: list[str], out_dir: Path) -> dict[str, Any]:
-    """``common.run`` with the wall time around it (building the data and model included)."""
-    started = time.perf_counter()
-    summary = run(name, overrides, out_dir)
-    summary["wall_seconds"] = time.perf_counter() - started
+def timed_run(spec: DataSpec, name: str, overrides: list[str], out_dir: Path) -> dict[str, Any]:
+    """``common.run`` (building the data and model included in its wall time), without the eval curve."""
+    summary = run(name, overrides, out_dir, spec)
     summary.pop("curve", None)
     return summary
 
 
-def large_epochs_for(budget: float, args: Any, work: Path) -> tuple[int, dict[str, Any]]:
+def large_epochs_for(spec: DataSpec, budget: float, args: Any, work: Path) -> tuple[int, dict[str, Any]]:
     """How many LB epochs fit in ``budget`` seconds, from a 4-epoch calibration run.
 
     One epoch costs the median time between consecutive epoch records (training plus evaluation);
     the rest of the calibration run's wall time is the fixed set-up cost.
     """
-    probe = timed_run("LB-calibration", large_overrides(args, 0, 4, decay=True), work)
+    probe = timed_run(spec, "LB-calibration", large_overrides(args, 0, 4, decay=True), work)
     records = [json.loads(line) for line in (work / "LB-calibration" / "metrics.jsonl").read_text().splitlines()]
     times = [r["time"] for r in records if "val/acc" in r]
     per_epoch = statistics.median(b - a for a, b in itertools.pairwise(times))
@@ -146,10 +177,10 @@ def large_epochs_for(budget: float, args: Any, work: Path) -> tuple[int, dict[st
     return epochs, {"per_epoch_s": per_epoch, "overhead_s": overhead, "budget_s": budget, "epochs": epochs}
 
 
-def run_all(args: Any, work: Path) -> dict[str, Any]:
+def run_all(spec: DataSpec, args: Any, work: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"SB": [], "LB": [], "SWAP": []}
     for seed in range(args.seeds):
-        summary = run_swap(f"SWAP-seed{seed}", swap_overrides(args, seed), work, args.nproc)
+        summary = run_swap(spec, f"SWAP-seed{seed}", swap_overrides(args, seed), work, args.nproc)
         results["SWAP"].append(summary)
         phase1 = summary["phase1"]
         print(
@@ -164,7 +195,7 @@ def run_all(args: Any, work: Path) -> dict[str, Any]:
     if args.large_epochs:
         large_epochs, calibration = args.large_epochs, {"epochs": args.large_epochs, "fixed": True}
     else:
-        large_epochs, calibration = large_epochs_for(budget, args, work)
+        large_epochs, calibration = large_epochs_for(spec, budget, args, work)
     results["LB_calibration"] = calibration
     print(f"LB: {large_epochs} epochs for SWAP's mean wall time of {budget:.0f}s ({calibration})", flush=True)
     for seed in range(args.seeds):
@@ -172,7 +203,7 @@ def run_all(args: Any, work: Path) -> dict[str, Any]:
             ("SB", small_overrides(args, seed)),
             ("LB", large_overrides(args, seed, large_epochs, decay=True)),
         ):
-            summary = timed_run(f"{name}-seed{seed}", overrides, work)
+            summary = timed_run(spec, f"{name}-seed{seed}", overrides, work)
             results[name].append(summary)
             print(
                 f"{name} seed {seed}: val acc {summary['val_acc']:.4f}, {summary['steps']} updates, "
@@ -189,9 +220,10 @@ def count(values: list[float]) -> str:
     return f"{statistics.mean(values):.0f} ({min(values):g}–{max(values):g})"
 
 
-def table(results: dict[str, Any], args: Any) -> str:
+def table(spec: DataSpec, results: dict[str, Any], args: Any) -> str:
     sb, lb, swap = results["SB"], results["LB"], results["SWAP"]
     large_lr = args.lr * (args.large_batch / args.small_batch) ** 0.5
+    warmup = f", warm-up {args.warmup_epochs:g} epoch(s) from lr {args.lr:g}" if args.warmup_epochs else ""
     wall = {name: statistics.mean(r["wall_seconds"] for r in runs) for name, runs in (("SB", sb), ("LB", lb))}
     swap_wall = statistics.mean(r["wall_seconds"] for r in swap)
     phase1_epochs = [r["phase1"]["epochs"] for r in swap]
@@ -199,12 +231,12 @@ def table(results: dict[str, Any], args: Any) -> str:
     reached = sum(r["phase1"]["reached_threshold"] for r in swap)
     replica_steps = [r["replicas"][0]["steps"] for r in swap]
     lines = [
-        f"MNIST F1 on real MNIST digits (8,000 train / 2,000 validation), {args.seeds} seed(s), 2-core CPU. "
+        f"{spec.description}, {args.seeds} seed(s), 2-core CPU. "
         f"SB and LB: one process; SWAP: {args.nproc} processes (torchrun, gloo, one thread each), phase 1 "
         f"until training accuracy {args.phase1_train_acc:.0%} (reached in {reached}/{len(swap)} seeds) or "
         f"{args.phase1_max_epochs} epochs, then {args.nproc} replicas × {args.phase2_epochs} epoch(s) of batch "
         f"{args.small_batch}, cosine lr from {args.phase2_lr:g}. Sequential updates: SWAP counts phase 1 plus one "
-        "replica's phase 2.",
+        f"replica's phase 2. Large batches: lr {args.lr:g} × sqrt({args.large_batch} / {args.small_batch}){warmup}.",
         "",
         "| method | batch | lr | epochs | sequential updates | val acc % (mean ± std) "
         "| replicas before averaging, val acc % | wall s/run |",
@@ -224,11 +256,12 @@ def table(results: dict[str, Any], args: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = experiment_parser(__doc__)
+def main(experiment: Swap) -> None:
+    parser = experiment_parser(experiment.doc)
     parser.add_argument("--small-batch", type=int, default=32)
     parser.add_argument("--large-batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=0.1, help="lr of the small-batch recipe (sqrt-scaled for LB)")
+    parser.add_argument("--warmup-epochs", type=float, default=0.0, help="LB and phase 1: regime.warmup_epochs")
     parser.add_argument("--small-epochs", type=int, default=10)
     parser.add_argument("--large-epochs", type=int, default=0, help="0: as many as fit in SWAP's mean wall time")
     parser.add_argument("--phase1-train-acc", type=float, default=0.97)
@@ -236,15 +269,15 @@ def main() -> None:
     parser.add_argument("--phase2-epochs", type=int, default=2)
     parser.add_argument("--phase2-lr", type=float, default=0.05)
     parser.add_argument("--nproc", type=int, default=2, help="SWAP processes = replicas (one process each)")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as work:
-        results = run_all(args, Path(work))
+    parser.set_defaults(**experiment.defaults)
+    args = parse(parser)
+    if args.smoke:
+        args.small_epochs, args.phase1_max_epochs, args.phase2_epochs = 1, 2, 1
+    stem = f"swap_{experiment.spec.key}"
+    results = run_all(experiment.spec, args, args.runs / stem)
     results["settings"] = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    (args.out / "swap_mnist.md").write_text(table(results, args))
-    (args.out / "swap_mnist.json").write_text(json.dumps(results, indent=1))
-    print((args.out / "swap_mnist.md").read_text())
+    write_results(args.out, stem, table(experiment.spec, results, args), results)
 
 
 if __name__ == "__main__":
-    main()
+    main(Swap(MNIST_DATA))
