@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun when > 1)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs; train nothing")
 
+    text = "remove the lock that a killed run left in its run directory (refused while its holder runs)"
+    unlock = commands.add_parser("unlock", help=text, description=text)
+    unlock.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (out_dir/name)")
+
     text = "gather runs' summary.json into report.md, report.csv and heatmap.png"
     report = commands.add_parser("report", help=text, description=text)
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or directories holding them")
@@ -147,6 +151,14 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def unlock_runs(args: argparse.Namespace) -> int:
+    from dist_train.rundir import clear_stale_lock
+
+    for run_dir in map(Path, args.run_dirs):
+        print(clear_stale_lock(run_dir) or f"{run_dir}: not locked")
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; ``key=value`` overrides may also come after options (``--nodes 2 optim.lr=0.1``)."""
     parser = _parser()
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_sweep(args)
         if args.command == "report":
             return report(args)
+        if args.command == "unlock":
+            return unlock_runs(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             print(to_yaml(cfg), end="")

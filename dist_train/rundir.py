@@ -119,6 +119,42 @@ class LockHolder:
         return f"pid {self.pid} on host {self.host}, started {_utc(self.started)}"
 
 
+def read_lock(path: Path) -> tuple[LockHolder, float]:
+    """The holder recorded in lock file ``path`` and the seconds since it was last refreshed."""
+    try:
+        return LockHolder(**json.loads(path.read_text())), time.time() - path.stat().st_mtime
+    except (OSError, ValueError, TypeError) as e:
+        raise RunLockedError(
+            f"{path} is not a readable lock ({type(e).__name__}); if no run uses {path.parent}, remove it"
+        ) from None
+
+
+def holder_alive(holder: LockHolder, age_s: float) -> bool:
+    """On this host: whether the process runs; elsewhere: whether it refreshed the lock recently."""
+    if holder.host == socket.gethostname():
+        return _alive(holder.pid, holder.process_start)
+    return age_s < STALE_AFTER_S
+
+
+def in_use(path: Path, holder: LockHolder) -> RunLockedError:
+    return RunLockedError(
+        f"{path.parent} is in use by another run ({holder.describe()}); wait for it to end, or use another name=..."
+    )
+
+
+def clear_stale_lock(run_dir: Path) -> str | None:
+    """Remove the lock of ``run_dir`` if its holder is gone (what ``dist-train unlock`` does); refuse while
+    it may still run. Returns what was removed, None when there was no lock."""
+    path = run_dir / LOCK
+    if not path.exists():
+        return None
+    holder, age = read_lock(path)
+    if holder_alive(holder, age):
+        raise in_use(path, holder)
+    path.unlink(missing_ok=True)
+    return f"{run_dir}: removed the stale lock of {holder.describe()}"
+
+
 class RunLock:
     """The lock of one run directory, held by rank 0 from start-up to exit."""
 
@@ -153,29 +189,19 @@ class RunLock:
     @staticmethod
     def _take_over(path: Path, me: LockHolder) -> str:
         """Replace a lock left by an earlier attempt of this job; refuse any other."""
-        try:
-            holder = LockHolder(**json.loads(path.read_text()))
-            age = time.time() - path.stat().st_mtime
-        except (OSError, ValueError, TypeError) as e:
-            raise RunLockedError(
-                f"{path} is not a readable lock ({type(e).__name__}); if no run uses {path.parent}, remove it"
-            ) from None
-        here = holder.host == me.host
-        alive = _alive(holder.pid, holder.process_start) if here else age < STALE_AFTER_S
-        if holder.job and holder.job == me.job and not (here and alive and holder.pid != me.pid):
+        holder, age = read_lock(path)
+        alive = holder_alive(holder, age)
+        if holder.job and holder.job == me.job and not (holder.host == me.host and alive and holder.pid != me.pid):
             tmp = path.with_name(f"{LOCK}.{me.pid}.tmp")
             tmp.write_text(json.dumps(asdict(me)) + "\n")
             os.replace(tmp, path)
             return f"took over the run lock of an earlier attempt of this job ({holder.describe()})"
         if alive:
-            raise RunLockedError(
-                f"{path.parent} is in use by another run ({holder.describe()}); "
-                "wait for it to end, or use another name=..."
-            )
-        gone = "is no longer running" if here else f"has not refreshed it for {age / 60:.0f} min"
+            raise in_use(path, holder)
+        gone = "is no longer running" if holder.host == me.host else f"has not refreshed it for {age / 60:.0f} min"
         raise RunLockedError(
             f"{path.parent} has a stale lock: its holder ({holder.describe()}) {gone}; "
-            f"if no run uses this directory, remove {path} and start again"
+            f"if no run uses this directory, clear it with: dist-train unlock {path.parent}"
         )
 
     def _beat(self) -> None:

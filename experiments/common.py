@@ -13,9 +13,9 @@ DIR (the sweep scripts call it before resuming a sweep).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 
 from dist_train.config import load_config
 from dist_train.run import train
-from dist_train.rundir import LOCK
+from dist_train.rundir import LOCK, RunLockedError, clear_stale_lock
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
@@ -82,34 +82,13 @@ def finished(run_dir: Path, started: float) -> float:
     return json.loads(wall.read_text())["wall_seconds"]
 
 
-def _running_here(pid: int, process_start: str) -> bool:
-    """Whether process ``pid`` (which started at kernel tick ``process_start``, if known) still runs here."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return True
-    return not process_start or started == process_start
-
-
 def release_stale_lock(run_dir: Path) -> None:
-    """Remove the run lock a killed attempt of this experiment left behind (its holder ran on this host
-    and is gone), so that the run resumes; a lock held by a live process, or from another host, stays."""
-    lock = run_dir / LOCK
-    try:
-        holder = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return
-    if holder.get("host") == socket.gethostname() and not _running_here(
-        int(holder.get("pid", 0)), str(holder.get("process_start", ""))
-    ):
-        lock.unlink(missing_ok=True)
-        print(f"{run_dir}: removed the lock of an earlier, killed attempt (pid {holder.get('pid')})", flush=True)
+    """Clear the run lock a killed attempt of this experiment left behind (its holder is gone), so that
+    the run resumes; a lock whose holder may still run stays, and the run then says so."""
+    with contextlib.suppress(RunLockedError):
+        removed = clear_stale_lock(run_dir)
+        if removed:
+            print(removed, flush=True)
 
 
 def run(name: str, overrides: list[str], out_dir: Path, spec: DataSpec = MNIST_DATA) -> dict[str, Any]:

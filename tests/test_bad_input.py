@@ -269,7 +269,7 @@ CASES = [
     Case(
         "lock-dead-process",
         [],
-        "is no longer running; if no run uses this directory, remove",
+        "is no longer running; if no run uses this directory, clear it with: dist-train unlock",
         lambda out: lock_of(socket.gethostname(), dead_pid())(out),
         name=RUN,
     ),

@@ -53,7 +53,7 @@ def test_a_restarted_attempt_of_the_same_job_takes_its_lock_back(tmp_path: Path,
 def test_another_jobs_dead_lock_is_reported_not_taken(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SLURM_JOB_ID", "4712")
     write_lock(tmp_path, job="slurm:4711")
-    with pytest.raises(RunLockedError, match=f"stale lock.*is no longer running.*remove {tmp_path / LOCK}"):
+    with pytest.raises(RunLockedError, match=f"stale lock.*is no longer running.*dist-train unlock {tmp_path}"):
         RunLock.acquire(tmp_path)
 
 
@@ -70,3 +70,18 @@ def test_config_changes_ignore_what_does_not_change_training() -> None:
     assert config_changes(base, free) == []
     changed = to_dict(load_config(None, ["optim.lr=0.2", "seed=3"]))
     assert config_changes(base, changed) == ["seed: 0 → 3", "optim.lr: 0.1 → 0.2"]
+
+
+def test_unlock_clears_only_a_stale_lock(tmp_path: Path) -> None:
+    """``dist-train unlock``: a dead holder's lock goes; a live holder's stays, with one line naming it."""
+    from conftest import run_cli
+
+    write_lock(tmp_path / "dead")
+    result = run_cli(["unlock", str(tmp_path / "dead"), str(tmp_path / "never")])
+    assert result.returncode == 0, result.stderr
+    assert "removed the stale lock of pid" in result.stdout and f"{tmp_path / 'never'}: not locked" in result.stdout
+    assert not (tmp_path / "dead" / LOCK).exists()
+    write_lock(tmp_path / "live", pid=os.getpid())
+    result = run_cli(["unlock", str(tmp_path / "live")])
+    assert result.returncode == 1 and f"is in use by another run (pid {os.getpid()}" in result.stderr
+    assert (tmp_path / "live" / LOCK).exists()

@@ -250,7 +250,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, loader: str, reque
     # A killed process cannot release its lock: the next run says so, and how to clear it.
     refused = run_cli([*args, "name=cut"])
     assert refused.returncode == 1 and "has a stale lock" in refused.stderr
-    (tmp_path / "cut" / ".lock").unlink()
+    assert_ok(run_cli(["unlock", str(tmp_path / "cut")]))
     resumed = run_cli([*args, "name=cut"])
     assert_ok(resumed)
     assert f"at epoch 0, step {progress['steps']}" in resumed.stdout + resumed.stderr
