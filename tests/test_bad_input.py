@@ -251,6 +251,12 @@ CASES = [
     ),
     # resources
     Case("out-of-memory", ["data.synthetic_train_size=10000000000000"], "out of host memory (could not allocate"),
+    Case(
+        "out-dir-is-a-file",
+        ["out_dir={out}/blocker"],
+        "Not a directory",
+        lambda out: write(out / "blocker", "a file where the runs should go"),
+    ),
     # cluster state and locks
     Case(
         "lock-other-host-live",
