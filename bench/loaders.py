@@ -47,7 +47,7 @@ from dist_train.config import DataConfig, load_config
 from dist_train.data import build_datasets
 from dist_train.data.dali import DaliTrainLoader
 from dist_train.data.imagefolder import load_image
-from dist_train.data.loader import build_train_loader
+from dist_train.data.loader import LoaderOptions, build_train_loader
 from dist_train.data.transforms import recipe_for
 
 WARMUP_BATCHES = 3
@@ -150,18 +150,14 @@ def make_cases(source: str, cfg: DataConfig, batch: int, copies: int, budget: in
     """The torch and DALI loaders (plus decode-per-view on JPEGs with M > 1) of one source and M."""
     views = build_datasets(cfg, copies=copies)
     single = build_datasets(cfg, copies=1)
-    torch_loader = build_train_loader(
-        views.train, batch, 1, rank=0, world_size=1, seed=0, num_workers=budget, pin_memory=False
-    )
+    torch_loader = build_train_loader(views.train, LoaderOptions(batch, workers=budget))
     dali_loader = DaliTrainLoader(
-        single.train, recipe_for(cfg), views.image_size, batch, 1, copies, "copy_major", 0, 1, 0, budget, None
+        single.train, recipe_for(cfg), views.image_size, LoaderOptions(batch, workers=budget, copies=copies)
     )
     cases = [Case(source, copies, "torch", torch_loader), Case(source, copies, "dali", dali_loader)]
     if source.startswith("jpeg") and copies > 1:
         per_view = DecodePerView(single.train.samples, single.train.transform, copies)
-        loader = build_train_loader(
-            per_view, batch, 1, rank=0, world_size=1, seed=0, num_workers=budget, pin_memory=False
-        )
+        loader = build_train_loader(per_view, LoaderOptions(batch, workers=budget))
         cases.append(Case(source, copies, "decode per view", loader))
     for case in cases:
         check_batch(case, batch)

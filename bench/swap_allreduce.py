@@ -14,8 +14,13 @@ from a fixed seed on every rank) is used for both measurements:
 1. one phase-1 epoch: DDP over all ranks, SGD + cross-entropy, DistributedSampler shards, the whole
    training set (global batch 128 for resnet20, 32 for resnet50);
 2. phase 3, as ``dist_train.swap.run_phase3`` does it: ``average_parameters`` (one all-reduce of the
-   flattened parameters, also timed on its own), then ``recompute_bn`` over each rank's ShardSampler shard
-   of the same training set, in evaluation-size batches (twice the per-rank training batch).
+   flattened parameters, also timed on its own), then ``recompute_bn`` over ``--bn-batches`` shuffled
+   training micro-batches per rank (default: ``swap.bn_recompute_batches``; 0 = each rank's whole shard,
+   which is what phase 3 did before the bound). The whole-shard recompute is timed too, for comparison.
+
+The bound matters where an epoch is long: the last figure puts the measured costs (seconds per training step,
+per BN batch, for the average) at the length of an ImageNet epoch (``--epoch-images``), where recomputing over
+the whole set would cost about a third of an epoch.
 
 Every timed region starts after a ``dist.barrier()``; a barrier follows it, and the time reported is the
 maximum over ranks. After a few untimed warm-up steps, epoch and phase 3 alternate ``--repeats`` times and
@@ -39,6 +44,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -48,7 +54,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from dist_train.data.loader import ShardSampler
+from dist_train.config import SwapConfig
 from dist_train.distributed import distributed, local_torchrun
 from dist_train.models import build_model
 from dist_train.swap import average_parameters, recompute_bn
@@ -83,6 +89,7 @@ class Timings:
     average: list[float]
     bn: list[float]
     phase3: list[float]
+    bn_whole: list[float]
 
 
 def synthetic_train_set(case: Case, size: int) -> TensorDataset:
@@ -120,20 +127,32 @@ def timed_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     return max_over_ranks([elapsed])[0]
 
 
-def timed_phase3(module: nn.Module, bn_loader: DataLoader, device: torch.device) -> tuple[float, float, float]:
-    """average_parameters then recompute_bn; the slowest rank's seconds for (average, BN, both)."""
+def timed_phase3(
+    module: nn.Module, bn_loader: DataLoader, device: torch.device, batches: int
+) -> tuple[float, float, float]:
+    """average_parameters then recompute_bn over ``batches`` batches (0: all); the slowest rank's seconds for
+    (average, BN, both)."""
     dist.barrier()
     start = time.perf_counter()
     average_parameters(module)
     averaged = time.perf_counter()
-    recompute_bn(module, bn_loader, device)
+    recompute_bn(module, islice(bn_loader, batches or None), device)
     end = time.perf_counter()
     dist.barrier()
     average, bn, total = max_over_ranks([averaged - start, end - averaged, end - start])
     return average, bn, total
 
 
-def measure(case: Case, scale: float, repeats: int, rank: int, world: int, device: torch.device) -> str:
+def measure(
+    case: Case,
+    scale: float,
+    repeats: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+    bn_batches: int,
+    epoch_images: int,
+) -> str:
     micro = case.batch // world
     size = max(case.batch, round(case.images * scale) // case.batch * case.batch)
     data = synthetic_train_set(case, size)
@@ -144,8 +163,10 @@ def measure(case: Case, scale: float, repeats: int, rank: int, world: int, devic
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=SEED)
     train_loader = DataLoader(data, batch_size=micro, sampler=sampler, drop_last=True)
-    bn_batch = 2 * micro
-    bn_loader = DataLoader(data, batch_size=bn_batch, sampler=ShardSampler(len(data), rank, world))
+    bn_batch = micro  # phase 3 recomputes in training micro-batches, shuffled, sharded like training
+    bn_sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=SEED + 1)
+    bn_loader = DataLoader(data, batch_size=bn_batch, sampler=bn_sampler, drop_last=True)
+    used = min(bn_batches or len(bn_loader), len(bn_loader))
 
     # Warm-up (untimed): DDP's first iterations build its buckets; allocators and kernels warm up.
     train_steps(ddp, train_loader, optimizer, limit=WARMUP_STEPS)
@@ -153,30 +174,38 @@ def measure(case: Case, scale: float, repeats: int, rank: int, world: int, devic
         model.train()
         model(next(iter(bn_loader))[0])
 
-    timings = Timings([], [], [], [])
+    timings = Timings([], [], [], [], [])
     for repeat in range(repeats):
         timings.epoch.append(timed_epoch(ddp, train_loader, optimizer, repeat + 1))
         # The module itself, not the DDP wrapper: DDP would copy rank 0's BN buffers at each forward.
-        average, bn, total = timed_phase3(model, bn_loader, device)
+        bn_sampler.set_epoch(repeat)
+        average, bn, total = timed_phase3(model, bn_loader, device, used)
         timings.average.append(average)
         timings.bn.append(bn)
         timings.phase3.append(total)
+        timings.bn_whole.append(timed_phase3(model, bn_loader, device, 0)[1])
         if rank == 0:
             print(
                 f"  [{case.name} run {repeat + 1}/{repeats}] epoch {timings.epoch[-1]:.2f} s, average "
-                f"{average:.4f} s, BN recompute {bn:.2f} s",
+                f"{average:.4f} s, BN recompute {bn:.2f} s ({used} batches; whole shard {timings.bn_whole[-1]:.2f} s)",
                 flush=True,
             )
 
-    epoch, average, bn, phase3 = (
-        statistics.median(t) for t in (timings.epoch, timings.average, timings.bn, timings.phase3)
+    epoch, average, bn, phase3, whole = (
+        statistics.median(t) for t in (timings.epoch, timings.average, timings.bn, timings.phase3, timings.bn_whole)
     )
     note = f"; {case.note}" if case.note else ""
+    # The same measured costs at the length of an ImageNet epoch (the bound matters where epochs are long).
+    steps_at_scale = epoch_images // case.batch
+    at_scale = (average + min(bn_batches or steps_at_scale, steps_at_scale) * bn / used) / (
+        steps_at_scale * epoch / len(train_loader)
+    )
     return (
         f"{case.name} ({params / 1e6:.2f}M params, {size} images {case.image_size}x{case.image_size}, "
         f"{world} gloo processes{note}): epoch {epoch:.2f} s (batch {case.batch}, {len(train_loader)} steps) | "
-        f"average {average:.4f} s | BN recompute {bn:.2f} s (batches of {bn_batch}/rank) | "
-        f"phase 3 / epoch = {phase3 / epoch:.3f}"
+        f"average {average:.4f} s | BN recompute {bn:.2f} s ({used} of {len(bn_loader)} batches of {bn_batch}/rank) | "
+        f"phase 3 / epoch = {phase3 / epoch:.3f} (recomputing over the whole shard: {(average + whole) / epoch:.3f}); "
+        f"at {epoch_images} images per epoch, same costs per step and per BN batch: {at_scale:.3f}"
     )
 
 
@@ -192,7 +221,16 @@ def worker(args: argparse.Namespace) -> None:
                 flush=True,
             )
         lines = [
-            measure(CASES[name], args.images, args.repeats, ctx.rank, ctx.world_size, ctx.device)
+            measure(
+                CASES[name],
+                args.images,
+                args.repeats,
+                ctx.rank,
+                ctx.world_size,
+                ctx.device,
+                args.bn_batches,
+                args.epoch_images,
+            )
             for name in args.models
         ]
         if ctx.is_primary:
@@ -218,6 +256,18 @@ def main() -> None:
     parser.add_argument("--images", type=float, default=1.0, help="scale of the training sets (2048 and 256 images)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epoch + phase 3 runs per model (median)")
     parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument(
+        "--bn-batches",
+        type=int,
+        default=SwapConfig().bn_recompute_batches,
+        help="BN-recompute batches per rank (default: swap.bn_recompute_batches; 0 = the whole shard)",
+    )
+    parser.add_argument(
+        "--epoch-images",
+        type=int,
+        default=1_281_167,
+        help="epoch length for the extrapolated ratio (default: ImageNet-1k's training set)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in args.models:

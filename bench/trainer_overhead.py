@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from dist_train.assemble import build_trainer
 from dist_train.config import load_config
 from dist_train.data import build_datasets
 from dist_train.distributed import distributed
 from dist_train.models import build_model
 from dist_train.optim import Schedule, build_optimizer, build_scheduler
-from dist_train.run import build_trainer
 from dist_train.trainer import seed_everything
 
 

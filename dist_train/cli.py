@@ -81,7 +81,12 @@ def describe_plan(cfg: Config, given_train_size: int = 0) -> str:
     size = train_size(cfg.data, given_train_size)
     header = f"{cfg.name}: {cfg.model.name} on {cfg.data.dataset} ({size.count} training images: {size.source})"
     ghost = f"ghost batch {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "plain BatchNorm"
-    return f"{header}\n{format_plan(plan_from_config(cfg, size.count))}\nbatch norm: {ghost}"
+    text = f"{header}\n{format_plan(plan_from_config(cfg, size.count))}\nbatch norm: {ghost}"
+    if cfg.swap.enabled:
+        from dist_train.swap import bn_recompute_plan
+
+        text += f"\n{bn_recompute_plan(cfg, size.count)}"
+    return text
 
 
 def submit(args: argparse.Namespace) -> int:

@@ -234,6 +234,10 @@ class SwapConfig:
     phase1_train_acc: float = 0.0
     """Stop phase 1 once an epoch's training accuracy reaches this (the paper's criterion); 0 = epoch limit only."""
     phase2: SwapPhase2Config = field(default_factory=SwapPhase2Config)
+    bn_recompute_batches: int = 200
+    """Phase 3 recomputes the averaged model's BN statistics over this many unaugmented training batches (each
+    data.batch_size / train.grad_accum_steps images, split over the ranks; 200 is the scale of "precise BN":
+    51,200 images at batch 256); 0 = one pass over the whole training set."""
 
 
 @dataclass
@@ -244,8 +248,9 @@ class CheckpointConfig:
     """Write ``checkpoints/last.pt`` every N epochs (and after the last); 0 = only at the end."""
     every_steps: int = 0
     """Also write it every N optimizer steps inside an epoch (long epochs, preemptible jobs); 0 = off.
-    Resuming from such a checkpoint replays the epoch's data up to that step without training on
-    it, so the run continues exactly as if it had not stopped."""
+    Resuming from such a checkpoint starts the epoch's data at that step, skipping the samples before it
+    without reading them, and the run continues exactly as if it had not stopped (with DALI, as long as
+    every_steps is the same as when the checkpoint was written: its pipelines are reseeded there)."""
 
 
 @dataclass
@@ -416,6 +421,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if config.checkpoint.every_steps < 0 or config.checkpoint.every_epochs < 0:
         raise ConfigError("checkpoint.every_steps and checkpoint.every_epochs must be at least 0")
+    if config.swap.bn_recompute_batches < 0:
+        raise ConfigError(f"swap.bn_recompute_batches must be at least 0, got {config.swap.bn_recompute_batches}")
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
     if not 0.0 <= config.data.val_fraction < 1.0:

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import flatten
+from dist_train.config import Config, flatten, to_dict
 from dist_train.errors import CheckpointError, DistTrainError
 
 LOCK = ".lock"
@@ -228,13 +228,15 @@ def _is_free(key: str) -> bool:
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: old → new`` for every key that matters for training and differs (free keys ignored)."""
+    """``key: old → new`` for every key that matters for training and differs (free keys ignored). A key the
+    checkpoint predates (a setting added since) is no change while it has its default value."""
     old, new = flatten(saved), flatten(current)
+    defaults = flatten(to_dict(Config()))
     keys = [key for key in new if not _is_free(key)] + [key for key in old if key not in new and not _is_free(key)]
     return [
         f"{key}: {old.get(key, '(absent)')} → {new.get(key, '(absent)')}"
         for key in keys
-        if old.get(key) != new.get(key)
+        if old.get(key) != new.get(key) and not (key not in old and key in defaults and new[key] == defaults[key])
     ]
 
 

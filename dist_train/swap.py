@@ -21,12 +21,15 @@ SLURM job, each built on the ordinary Trainer:
    and schedule, its own seed and data order, and its own run directory
    ``phase2/replica<r>/`` (TensorBoard curves and checkpoints per replica);
 3. one all-reduce averages the parameters (equal in a replica, so the mean over
-   ranks is the mean over replicas); BN statistics are recomputed over the
-   training images (no augmentation, sharded over all ranks) as the cumulative
-   average of per-batch statistics with the sums reduced over all ranks, which
-   equals one process recomputing over the same batches; the averaged model is
-   evaluated next to each replica's own accuracy (``summary.json``, TensorBoard
-   ``swap/*``) and saved as ``checkpoints/swap_final.pt``.
+   ranks is the mean over replicas); BN statistics are recomputed over
+   ``swap.bn_recompute_batches`` training batches (unaugmented, from the run's
+   own loader backend, torch or DALI, split over all ranks; 0 = the whole set)
+   as the cumulative average of per-batch statistics with the sums reduced over
+   all ranks, which equals one process recomputing over the same batches
+   (``torch.optim.swa_utils.update_bn``); the averaged model is evaluated next
+   to each replica's own accuracy (``summary.json``, TensorBoard ``swap/*``) and
+   saved as ``checkpoints/swap_final.pt``. A bounded recompute keeps phase 3
+   small at ImageNet scale, where the whole set would be one more epoch.
 
 Every phase resumes exactly after an interruption: phase 1 and each replica
 from their own ``last.pt``; phase 3 is recomputed from the replicas' results.
@@ -35,7 +38,9 @@ from their own ``last.pt``; phase 3 is recomputed from the replicas' results.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +49,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
-from torch.utils.data import DataLoader
 
 from dist_train import checkpoint
+from dist_train.assemble import build_trainer, build_training_loader, build_val_loader
 from dist_train.config import Config
-from dist_train.data import build_datasets
-from dist_train.data.loader import ShardSampler, build_eval_loader, micro_batch_size
+from dist_train.data import DatasetSplits, build_datasets
+from dist_train.data.loader import micro_batch_size
 from dist_train.distributed import DistContext, agree, all_gather_objects, all_reduce_sum
 from dist_train.errors import ConfigError
 from dist_train.monitor import Monitor
@@ -126,7 +131,10 @@ def average_parameters(module: nn.Module, group: dist.ProcessGroup | None = None
 
 @torch.no_grad()
 def recompute_bn(
-    module: nn.Module, loader: DataLoader, device: torch.device, group: dist.ProcessGroup | None = None
+    module: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, Any]],
+    device: torch.device,
+    group: dist.ProcessGroup | None = None,
 ) -> int:
     """BN running statistics from scratch: the average of per-batch statistics over every rank's batches.
 
@@ -141,7 +149,7 @@ def recompute_bn(
         layer.momentum = None
     was_training = module.training
     module.train()
-    for images, _ in loader:
+    for images, _ in batches:
         module(images.to(device))
     # Every forward updates every layer once: one batch count per rank, and one all-reduce for all layers.
     count = float(layers[0].num_batches_tracked) if layers else 0.0
@@ -161,8 +169,6 @@ def recompute_bn(
 
 def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     """Large-batch DDP over all ranks until the accuracy threshold or the epoch limit; checkpointed at its end."""
-    from dist_train.run import build_trainer
-
     run_dir = Path(cfg.out_dir) / cfg.name
     marker = run_dir / "checkpoints" / PHASE1
     if marker.exists():
@@ -214,8 +220,6 @@ def replica_context(ctx: DistContext, replica_size: int, groups: list[dist.Proce
 
 def run_phase2(cfg: Config, ctx: DistContext, phase1: dict[str, Any], replica_size: int) -> tuple[Trainer, dict]:
     """Each replica trains its own copy from the phase-1 weights; nothing crosses replicas."""
-    from dist_train.run import build_trainer
-
     groups = replica_groups(ctx.world_size, replica_size)
     replica = ctx.rank // replica_size
     local = replica_context(ctx, replica_size, groups)
@@ -234,16 +238,45 @@ def run_phase2(cfg: Config, ctx: DistContext, phase1: dict[str, Any], replica_si
     }
 
 
+def unaugmented(cfg: Config) -> Config:
+    """The config of the BN recompute's loader: the run's data and backend, no augmentation, one view,
+    batches of the training micro-batch, one shuffled pass."""
+    return replace(
+        cfg,
+        data=replace(cfg.data, augment=False, cross_epoch_batches=False),
+        augment=replace(cfg.augment, copies=1),
+        train=replace(cfg.train, grad_accum_steps=1),
+        checkpoint=replace(cfg.checkpoint, every_steps=0),
+    )
+
+
+def bn_recompute_plan(cfg: Config, train_size: int) -> str:
+    """The plan's line for phase 3: how many images the BN statistics are recomputed over."""
+    batch = cfg.data.batch_size // cfg.train.grad_accum_steps  # one micro-batch on every rank
+    whole = max(1, train_size // batch)
+    batches = min(cfg.swap.bn_recompute_batches or whole, whole)
+    share = f"{batches * batch / max(1, train_size):.1%} of the training set"
+    share = "the whole training set" if batches == whole else share
+    return f"SWAP phase 3 BN recompute: {batches} batches × {batch} = {batches * batch} images ({share})"
+
+
+def bn_recompute_batches(cfg: Config, ctx: DistContext, data: DatasetSplits) -> Iterable[tuple[torch.Tensor, Any]]:
+    """This rank's BN-recompute batches: unaugmented training micro-batches from the run's own loader backend
+    (torch with its workers, or DALI), sharded and shuffled like training; ``swap.bn_recompute_batches`` of them
+    on every rank (each a micro-batch of the same global batch), or one pass when 0."""
+    batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
+    loader = build_training_loader(unaugmented(cfg), ctx, data, batch)
+    return islice(loader.epoch(0), cfg.swap.bn_recompute_batches or loader.steps_in(0))
+
+
 def run_phase3(cfg: Config, ctx: DistContext, trainer: Trainer, replicas: list[dict], phase1: dict) -> dict:
-    """Average over replicas, recompute BN over the training data, evaluate; rank 0 reports and saves."""
+    """Average over replicas, recompute BN over (a bounded number of) training batches, evaluate; rank 0
+    reports and saves."""
     module = trainer.module
     average_parameters(module)
-    data = build_datasets(replace(cfg.data, augment=False))
-    batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
-    loader = DataLoader(data.train, batch_size=batch, sampler=ShardSampler(len(data.train), ctx.rank, ctx.world_size))
-    bn_batches = recompute_bn(module, loader, ctx.device)
-    eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
-    val_loader = build_eval_loader(data.val, eval_batch, ctx.rank, ctx.world_size, 0, False)
+    data = build_datasets(unaugmented(cfg).data)
+    bn_batches = recompute_bn(module, bn_recompute_batches(cfg, ctx, data), ctx.device)
+    val_loader = build_val_loader(cfg, ctx, data)
     val_loss, val_acc = evaluate(module, val_loader, trainer.to_device, trainer.autocast)
     phase1_info = phase1["phase1"]
     summary = {

@@ -243,9 +243,10 @@ class Trainer:
             return nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
         return torch.tensor(float("nan"))
 
-    def _micro_batch_groups(self, epoch: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        batches = self.train_loader.epoch(epoch)
+    def _micro_batch_groups(self, epoch: int, done: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The epoch's micro-batches, a step's worth at a time, after the first ``done`` steps (not loaded)."""
         accum = self.cfg.train.grad_accum_steps
+        batches = self.train_loader.epoch(epoch, start=done * accum)
         while group := list(islice(batches, accum)):
             yield group
 
@@ -256,14 +257,14 @@ class Trainer:
         totals = torch.tensor(partial.totals if partial else [0.0] * 3, device=self.ctx.device, dtype=torch.float64)
         steps_per_epoch = self.train_loader.steps_in(epoch)  # fewer in a last, partial epoch
         self.monitor.start_epoch(epoch + 1, steps_per_epoch)
-        groups = self._micro_batch_groups(epoch)
-        if partial:  # replay the data up to the checkpoint (same RNG draws), then its RNG state
-            for _ in islice(groups, partial.steps):
-                pass
+        done_before = partial.steps if partial else 0
+        # A mid-epoch resume starts the loader at the checkpoint's step: the batches before it are skipped
+        # without being read, and the random state is the checkpoint's (see dist_train/data/loader.py).
+        groups = self._micro_batch_groups(epoch, done_before)
+        if partial:
             if partial.rng is not None:
                 set_rng_state(partial.rng)
             self.monitor.advance(partial.steps)
-        done_before = partial.steps if partial else 0
         every = self.cfg.checkpoint.every_steps
         start = time.perf_counter()
         for index, group in enumerate(groups, start=done_before + 1):

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dist_train.config import load_config
 from dist_train.data import build_datasets
 from dist_train.data.dali import DaliTrainLoader
-from dist_train.data.loader import build_train_loader
+from dist_train.data.loader import LoaderOptions, build_train_loader
 from dist_train.data.transforms import recipe_for
 from dist_train.data.views import arrange_views
 from dist_train.regime import cross_epoch_batches
@@ -35,25 +35,12 @@ def loaders(overrides: list[str], copies: int, micro_batch: int = 8) -> dict:
     cfg = load_config(None, [*overrides, f"augment.copies={copies}"])
     torch_data = build_datasets(cfg.data, copies=copies)
     dali_data = build_datasets(cfg.data)
-    layout = cfg.augment.layout
-    across = cross_epoch_batches(cfg)
+    options = LoaderOptions(
+        micro_batch, view_layout=cfg.augment.layout, across_epochs=cross_epoch_batches(cfg), copies=copies
+    )
     return {
-        "torch": build_train_loader(torch_data.train, micro_batch, 1, 0, 1, 0, 0, False, layout, across),
-        "dali": DaliTrainLoader(
-            dali_data.train,
-            recipe_for(cfg.data),
-            torch_data.image_size,
-            micro_batch,
-            1,
-            copies,
-            layout,
-            0,
-            1,
-            0,
-            1,
-            None,
-            across,
-        ),
+        "torch": build_train_loader(torch_data.train, options),
+        "dali": DaliTrainLoader(dali_data.train, recipe_for(cfg.data), torch_data.image_size, options),
     }
 
 
@@ -200,9 +187,7 @@ def test_dali_pad_crop_offsets_are_whole_pixels_in_range(dali):
     image[0, size // 2, size // 2] = 255  # one bright pixel: its position after the crop gives the shift
     arrays = ImageArrays(image.expand(256, 3, size, size).clone(), torch.zeros(256, dtype=torch.long))
     cfg = load_config(None, ["data.crop=pad", f"data.pad={pad}", "data.flip=false"])
-    loader = DaliTrainLoader(
-        TensorImageDataset(arrays), recipe_for(cfg.data), size, 64, 1, 1, "copy_major", 0, 1, 0, 1, None
-    )
+    loader = DaliTrainLoader(TensorImageDataset(arrays), recipe_for(cfg.data), size, LoaderOptions(64))
     images = torch.cat([batch for batch, _ in loader.epoch(0)])
     bright = images[:, 0].flatten(1).argmax(1)
     shifts = np.stack([(bright // size).numpy(), (bright % size).numpy()]) - size // 2
@@ -225,9 +210,9 @@ def test_cutout_zeroes_one_clipped_square_per_view(backend, dali):
         from dist_train.data.views import ManyViews
 
         transform = ManyViews(build_transform("synthetic", size, train=True, recipe=recipe), 2)
-        loader = build_train_loader(TensorImageDataset(arrays, transform), 32, 1, 0, 1, 0, 0, False)
+        loader = build_train_loader(TensorImageDataset(arrays, transform), LoaderOptions(32))
     else:
-        loader = DaliTrainLoader(TensorImageDataset(arrays), recipe, size, 32, 1, 2, "copy_major", 0, 1, 0, 1, None)
+        loader = DaliTrainLoader(TensorImageDataset(arrays), recipe, size, LoaderOptions(32, copies=2))
     images = torch.cat([batch for batch, _ in loader.epoch(0)])
     zero = images == 0
     assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import REPO, TINY, assert_ok, free_port, read_metrics, run_cli, subprocess_env
 from torch.nn.utils import vector_to_parameters
-from torch.utils.data import DataLoader
+from torch.optim.swa_utils import update_bn
 
 from dist_train.config import load_config
 from dist_train.data import build_datasets
-from dist_train.data.loader import ShardSampler
+from dist_train.distributed import DistContext
 from dist_train.models import build_model
-from dist_train.swap import recompute_bn
+from dist_train.swap import bn_recompute_batches, bn_recompute_plan, recompute_bn, unaugmented
 
 SWAP = [
     *TINY,
@@ -75,22 +75,60 @@ def test_phase3_average_and_bn_recomputation(two_nodes):
         torch.testing.assert_close(r["after3"], expected, rtol=0, atol=1e-6)
     for name in ranks[0]["buffers"]:
         assert all(torch.equal(r["buffers"][name], ranks[0]["buffers"][name]) for r in ranks), name
-    # One process recomputing over the same batches (every rank's shard) gives the same statistics.
+    # One process recomputing over the same batches (every rank's) gives the same statistics, and so does
+    # torch.optim.swa_utils.update_bn.
     cfg = load_config(None, SWAP)
-    data = build_datasets(cfg.data.__class__(**{**cfg.data.__dict__, "augment": False}))
+    data = build_datasets(unaugmented(cfg).data)
+    batches = [batch for rank in range(4) for batch in bn_recompute_batches(cfg, cpu_rank(rank, 4), data)]
+    assert len(batches) == 4 * (512 // 32)  # the whole set: fewer batches than swap.bn_recompute_batches
     torch.manual_seed(0)
     model = build_model("c1", data.num_classes, data.in_channels, data.image_size, cfg.model.width)
     vector_to_parameters(expected, model.parameters())
-    batches = [
-        batch
-        for rank in range(4)
-        for batch in DataLoader(data.train, batch_size=8, sampler=ShardSampler(len(data.train), rank, 4))
-    ]
     assert recompute_bn(model, batches, torch.device("cpu")) == len(batches)
     for name, value in model.named_buffers():
         torch.testing.assert_close(ranks[0]["buffers"][name].to(value.dtype), value, rtol=1e-4, atol=1e-5, msg=name)
     summary_ok = (out / "run" / "checkpoints" / "swap_final.pt").exists()
     assert summary_ok
+
+
+def cpu_rank(rank: int, world_size: int) -> DistContext:
+    return DistContext(rank, world_size, rank, torch.device("cpu"), "gloo")
+
+
+def test_bn_recompute_is_bounded_and_equals_update_bn():
+    """swap.bn_recompute_batches unaugmented batches per rank from the run's loader; over the same batches,
+    recompute_bn (one process) gives torch.optim.swa_utils.update_bn's statistics."""
+    cfg = load_config(None, [*SWAP, "swap.bn_recompute_batches=5", "data.num_workers=2"])
+    data = build_datasets(unaugmented(cfg).data)
+    batches = list(bn_recompute_batches(cfg, cpu_rank(1, 2), data))
+    assert len(batches) == 5 and all(images.shape[0] == 16 for images, _ in batches)  # 32 over 2 ranks
+    assert batches[0][0].shape[1:] == (3, 32, 32)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(build_model("c1", data.num_classes, data.in_channels, data.image_size, cfg.model.width))
+    for m in models:  # away from the initial statistics
+        m.train()
+        with torch.no_grad():
+            m(torch.randn(16, 3, 32, 32) * 3 + 1)
+    assert recompute_bn(models[0], batches, torch.device("cpu")) == 5
+    update_bn(batches, models[1])
+    for (name, ours), (_, theirs) in zip(models[0].named_buffers(), models[1].named_buffers(), strict=True):
+        torch.testing.assert_close(ours.to(theirs.dtype), theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_plan_shows_the_bn_recompute():
+    cfg = load_config(None, [*SWAP, "swap.bn_recompute_batches=4"])
+    line = "SWAP phase 3 BN recompute: 4 batches × 32 = 128 images (25.0% of the training set)"
+    assert bn_recompute_plan(cfg, 512) == line
+    whole = load_config(None, SWAP)
+    assert (
+        bn_recompute_plan(whole, 512)
+        == "SWAP phase 3 BN recompute: 16 batches × 32 = 512 images (the whole training set)"
+    )
+    result = run_cli(["plan", *[f"{o}" for o in SWAP if "=" in o]])
+    assert_ok(result)
+    assert "SWAP phase 3 BN recompute: 16 batches × 32 = 512 images" in result.stdout
 
 
 def test_swap_run_reports_phases_and_replicas(tmp_path):

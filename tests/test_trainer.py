@@ -11,12 +11,12 @@ from conftest import TINY
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from dist_train.assemble import build_trainer
 from dist_train.config import load_config
-from dist_train.data.loader import build_train_loader
+from dist_train.data.loader import LoaderOptions, build_train_loader
 from dist_train.distributed import distributed
 from dist_train.monitor import NullMonitor
 from dist_train.optim import Schedule, build_optimizer, build_scheduler
-from dist_train.run import build_trainer
 from dist_train.trainer import Trainer
 
 
@@ -27,7 +27,7 @@ def linear_trainer(grad_accum_steps: int, batch_size: int = 32, *overrides: str)
     dataset = TensorDataset(torch.randn(128, 6, generator=generator), torch.randint(0, 3, (128,), generator=generator))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-    loader = build_train_loader(dataset, batch_size // grad_accum_steps, grad_accum_steps, 0, 1, 0, 0, False)
+    loader = build_train_loader(dataset, LoaderOptions(batch_size // grad_accum_steps, grad_accum_steps))
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, Schedule.from_config(cfg.schedule, loader.steps_per_epoch, 1))
     with distributed("cpu") as ctx:

@@ -214,8 +214,9 @@ ACROSS_EPOCHS = ["data.synthetic_train_size=4010", "regime.reference_batch_size=
 
 @pytest.mark.parametrize("loader", ["workers=0", "workers=2", "dali", "across-epochs"])
 def test_mid_epoch_checkpoint_resumes_exactly(tmp_path: Path, loader: str, request: pytest.FixtureRequest) -> None:
-    """checkpoint.every_steps: SIGKILL the run after a checkpoint inside an epoch; running it again replays
-    that epoch's data up to the checkpoint and ends with the same weights as a run never stopped."""
+    """checkpoint.every_steps: SIGKILL the run after a checkpoint inside an epoch; running it again starts that
+    epoch's data at the checkpoint (the batches before it are not loaded) and ends with the same weights as a
+    run never stopped."""
     if loader == "dali":
         request.getfixturevalue("dali")
     args = [

@@ -12,12 +12,19 @@ reshuffled with a seed that depends on the epoch, every rank the same number of
 steps, per epoch or across epoch boundaries), so ``data.backend: torch | dali``
 changes the augmentation draws and nothing else.
 Evaluation uses the torch loader.
+
+An epoch may start at any micro-batch (``epoch(e, start=k)``, a resume from a mid-epoch
+checkpoint): the pipeline then reads only the files (or arrays) from there on. It stays exact
+because pipelines are reseeded where checkpoints may fall (``LoaderOptions.reseed_every``): the
+uninterrupted run starts a new pipeline at each of those micro-batches, with a seed that depends
+only on the epoch and the position, and the resumed run starts its first one there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -26,7 +33,7 @@ from torch.utils.data import Dataset
 
 from dist_train.data.arrays import TensorImageDataset
 from dist_train.data.imagefolder import ImageFileDataset
-from dist_train.data.loader import BatchOrder, epoch_seed
+from dist_train.data.loader import LoaderOptions, batch_seed, epoch_seed
 from dist_train.data.transforms import Recipe
 from dist_train.data.views import arrange_views
 from dist_train.errors import ConfigError
@@ -65,8 +72,13 @@ def _augment(dali: Any, images: Any, recipe: Recipe, size: int, device: str) -> 
         images = fn.slice(images, anchor, [size, size], axis_names="HW", out_of_bounds_policy="pad", device=device)
     elif recipe.crop == "resized":
         images = fn.random_resized_crop(images, size=[size, size], device=device)
+    crop = {}
+    if recipe.crop == "none" and recipe.resize_eval:  # images of many sizes, unaugmented: the evaluation view
+        images = fn.resize(images, resize_shorter=int(size * 256 / 224), device=device)
+        crop = {"crop": [size, size]}  # centred
     images = fn.crop_mirror_normalize(
         images,
+        **crop,
         mirror=fn.random.coin_flip() if recipe.flip else 0,
         mean=[255 * m for m in recipe.mean],
         std=[255 * s for s in recipe.std],
@@ -89,35 +101,19 @@ def _augment(dali: Any, images: Any, recipe: Recipe, size: int, device: str) -> 
 
 @dataclass
 class DaliTrainLoader:
-    """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e)`` yields the micro-batches."""
+    """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e, start)`` yields the
+    micro-batches."""
 
     dataset: Dataset
     recipe: Recipe
     image_size: int
-    micro_batch: int
-    grad_accum_steps: int
-    copies: int
-    view_layout: str
-    rank: int
-    world_size: int
-    seed: int
-    num_threads: int
-    device_id: int | None
-    across_epochs: bool = False
+    options: LoaderOptions
 
     def __post_init__(self) -> None:
         self.dali = import_dali()
         if not isinstance(self.dataset, TensorImageDataset | ImageFileDataset):
             raise ConfigError(f"data.backend=dali cannot read {type(self.dataset).__name__}")
-        self.order = BatchOrder(
-            len(self.dataset),
-            self.micro_batch,
-            self.grad_accum_steps,
-            self.rank,
-            self.world_size,
-            self.seed,
-            self.across_epochs,
-        )
+        self.order = self.options.batch_order(len(self.dataset))
         if isinstance(self.dataset, TensorImageDataset):
             arrays = self.dataset.arrays
             self.images = np.ascontiguousarray(arrays.images.permute(0, 2, 3, 1).numpy())  # NHWC for DALI
@@ -132,18 +128,37 @@ class DaliTrainLoader:
 
     @property
     def device(self) -> str:
-        return "cpu" if self.device_id is None else "gpu"
+        return "cpu" if self.options.device_id is None else "gpu"
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return [np.asarray(batch, dtype=np.int64) for batch in self.order.micro_batches(epoch)]
 
-    def _pipeline(self, batches: list[np.ndarray], epoch: int) -> Any:
+    def segments(self, epoch: int, start: int = 0) -> list[tuple[int, int]]:
+        """``(first, end)`` micro-batch positions of the pipelines that serve ``epoch`` from ``start``: a new one
+        at ``start`` and wherever the run's micro-batch count reaches a multiple of ``reseed_every``."""
+        count = self.order.steps_in(epoch) * self.options.grad_accum_steps
+        every = self.options.reseed_every
+        offset = epoch * self.order.steps_per_epoch * self.options.grad_accum_steps  # the run's micro-batches so far
+        cuts = [p for p in range(start + 1, count) if every and (offset + p) % every == 0]
+        bounds = [start, *cuts, count]
+        return [(a, b) for a, b in pairwise(bounds) if b > a]
+
+    def _seed(self, epoch: int, first: int) -> int:
+        options = self.options
+        seed = (
+            epoch_seed(options.seed, epoch, options.rank)
+            if first == 0
+            else batch_seed(options.seed, epoch, options.rank, first)
+        )
+        return seed % 2**31
+
+    def _pipeline(self, batches: list[np.ndarray], seed: int) -> Any:
         dali, fn, types = self.dali, self.dali.fn, self.dali.types
         pipe = dali.Pipeline(
-            batch_size=self.micro_batch,
-            num_threads=self.num_threads,
-            device_id=self.device_id,
-            seed=epoch_seed(self.seed, epoch, self.rank) % 2**31,
+            batch_size=self.options.micro_batch,
+            num_threads=max(1, self.options.workers),
+            device_id=self.options.device_id,
+            seed=seed,
             exec_dynamic=True,
         )
         with pipe:
@@ -162,16 +177,23 @@ class DaliTrainLoader:
                 )
                 if self.device == "gpu":
                     images = images.gpu()
-            views = [_augment(self.dali, images, self.recipe, self.image_size, self.device) for _ in range(self.copies)]
+            copies = self.options.copies
+            views = [_augment(self.dali, images, self.recipe, self.image_size, self.device) for _ in range(copies)]
             pipe.set_outputs(*views, label)
         return pipe
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of ``epoch`` from ``start`` on; the ones before are neither read nor decoded."""
+        batches = self._epoch_batches(epoch)
+        for first, end in self.segments(epoch, start):
+            yield from self._run(batches[first:end], self._seed(epoch, first))
+
+    def _run(self, batches: list[np.ndarray], seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        batches = self._epoch_batches(epoch)
-        pipe = self._pipeline(batches, epoch)
-        names = [f"view{m}" for m in range(self.copies)]
+        pipe = self._pipeline(batches, seed)
+        copies, layout = self.options.copies, self.options.view_layout
+        names = [f"view{m}" for m in range(copies)]
         reader = {"reader_name": "reader"} if isinstance(self.dataset, ImageFileDataset) else {}
         iterator = DALIGenericIterator(
             pipe, [*names, "label"], last_batch_policy=LastBatchPolicy.DROP, auto_reset=False, **reader
@@ -179,9 +201,9 @@ class DaliTrainLoader:
         for _, outputs in zip(batches, iterator, strict=False):
             data = outputs[0]
             labels = data["label"].reshape(-1).long()
-            if self.copies == 1:
+            if copies == 1:
                 yield data["view0"], labels
-            elif self.view_layout == "copy_major":  # the pipeline's outputs are already views 0, 1, ...
-                yield torch.cat([data[n] for n in names]), labels.repeat(self.copies)
+            elif layout == "copy_major":  # the pipeline's outputs are already views 0, 1, ...
+                yield torch.cat([data[n] for n in names]), labels.repeat(copies)
             else:
-                yield arrange_views(torch.stack([data[n] for n in names], dim=1), labels, self.view_layout)
+                yield arrange_views(torch.stack([data[n] for n in names], dim=1), labels, layout)

@@ -7,15 +7,24 @@ or one continuous stream of those permutations whose batches straddle epoch
 boundaries so that no sample is dropped (``data.cross_epoch_batches``).
 Evaluation shards the validation set without padding so that summed metrics
 count every image once.
+
+Both backends take a :class:`LoaderOptions` and can start an epoch at any micro-batch
+(``epoch(e, start=k)``) without loading the ones before it, which is how a run resumes
+from a mid-epoch checkpoint. That stays exact because a batch's augmentation never depends
+on the batches before it in a way a checkpoint cannot restore: in the main process the random
+stream is the process's own (the checkpoint keeps it); in DataLoader workers every batch
+draws from its own seed (:func:`batch_seed`); DALI reseeds its pipelines where a checkpoint
+may fall (:attr:`LoaderOptions.reseed_every`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from dist_train.data.views import arrange_views
 from dist_train.errors import ConfigError
@@ -37,6 +46,42 @@ class ShardSampler(Sampler[int]):
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of one rank's randomness in one epoch (augmentation, dropout)."""
     return (seed * 1_000_003 + epoch * 10_007 + rank) % (2**63)
+
+
+def batch_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """The seed of one micro-batch's augmentation (at ``position`` in the rank's epoch) in a loader worker."""
+    return (epoch_seed(seed, epoch, rank) * 1_000_033 + position * 7_919 + 1) % (2**63)
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a training loader serves one rank: the same options for the torch and the DALI backend."""
+
+    micro_batch: int
+    """Distinct samples per micro-batch on this rank."""
+    grad_accum_steps: int = 1
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    workers: int = 0
+    """torch: DataLoader worker processes (0: load in this process); DALI: pipeline threads (at least 1)."""
+    pin_memory: bool = False
+    view_layout: str = "copy_major"
+    """How the M views of batch augmentation are laid out (``copy_major`` or ``sample_major``)."""
+    across_epochs: bool = False
+    """Batches straddle epoch boundaries (:class:`BatchOrder`)."""
+    copies: int = 1
+    """DALI: views made per sample (the torch backend's dataset makes its own views)."""
+    device_id: int | None = None
+    """DALI: the GPU that runs the pipelines; None: CPU operators."""
+    reseed_every: int = 0
+    """DALI: start a freshly seeded pipeline every this many micro-batches of the run (where mid-epoch
+    checkpoints fall: ``checkpoint.every_steps × train.grad_accum_steps``); 0: once per epoch."""
+
+    def batch_order(self, length: int) -> BatchOrder:
+        return BatchOrder(
+            length, self.micro_batch, self.grad_accum_steps, self.rank, self.world_size, self.seed, self.across_epochs
+        )
 
 
 def micro_batch_size(batch_size: int, world_size: int, grad_accum_steps: int) -> int:
@@ -144,18 +189,43 @@ class BatchOrder:
         return mine.tolist()
 
 
-class _EpochBatches(Sampler[list[int]]):
-    """The DataLoader's batch sampler: the micro-batches of the epoch last set."""
+class _EpochBatches(Sampler[list[tuple[int, int]]]):
+    """The DataLoader's batch sampler: the micro-batches of the epoch last set, from ``start`` on, each
+    index paired with its batch's seed (see :class:`_SeededBatches`)."""
 
     def __init__(self, order: BatchOrder) -> None:
         self.order = order
         self.epoch = 0
+        self.start = 0
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.order.micro_batches(self.epoch))
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batches = self.order.micro_batches(self.epoch)
+        for position in range(self.start, len(batches)):
+            seed = batch_seed(self.order.seed, self.epoch, self.order.rank, position)
+            yield [(seed, index) for index in batches[position]]
 
     def __len__(self) -> int:
-        return self.order.steps_in(self.epoch) * self.order.grad_accum_steps
+        return max(0, self.order.steps_in(self.epoch) * self.order.grad_accum_steps - self.start)
+
+
+class _SeededBatches(Dataset):
+    """The dataset, fetched a micro-batch at a time; in a DataLoader worker each batch first seeds the
+    worker's random stream with its own seed, so its augmentation does not depend on which worker made it
+    or on what that worker made before (a resumed epoch skips batches without changing the rest)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        return self.dataset[item[1]]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        if items and get_worker_info() is not None:
+            torch.manual_seed(items[0][0])
+        return [self.dataset[index] for _, index in items]
 
 
 @dataclass
@@ -164,11 +234,8 @@ class TrainLoader:
 
     loader: DataLoader
     order: BatchOrder
+    dataset: Dataset
     view_layout: str = "copy_major"
-
-    @property
-    def dataset(self) -> Dataset:
-        return self.loader.dataset
 
     @property
     def steps_per_epoch(self) -> int:
@@ -177,38 +244,30 @@ class TrainLoader:
     def steps_in(self, epoch: int) -> int:
         return self.order.steps_in(epoch)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The micro-batches of one epoch: ``steps_in(epoch) × grad_accum_steps`` of them.
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of one epoch from micro-batch ``start`` on (the ones before are not loaded):
+        ``steps_in(epoch) × grad_accum_steps - start`` of them.
 
         With batch augmentation the loader yields (B, M, C, H, W) views, laid out here as B·M images.
         """
-        self.loader.batch_sampler.epoch = epoch
+        sampler = self.loader.batch_sampler
+        sampler.epoch, sampler.start = epoch, start
         self.loader.generator = torch.Generator().manual_seed(epoch_seed(self.order.seed, epoch, self.order.rank))
         for images, labels in self.loader:
             yield arrange_views(images, labels, self.view_layout) if images.dim() == 5 else (images, labels)
 
 
-def build_train_loader(
-    dataset: Dataset,
-    micro_batch: int,
-    grad_accum_steps: int,
-    rank: int,
-    world_size: int,
-    seed: int,
-    num_workers: int,
-    pin_memory: bool,
-    view_layout: str = "copy_major",
-    across_epochs: bool = False,
-) -> TrainLoader:
-    order = BatchOrder(len(dataset), micro_batch, grad_accum_steps, rank, world_size, seed, across_epochs)
+def build_train_loader(dataset: Dataset, options: LoaderOptions) -> TrainLoader:
+    """The torch backend's training loader of ``dataset`` (which makes its own views, if any)."""
+    order = options.batch_order(len(dataset))  # type: ignore[arg-type]
     loader = DataLoader(
-        dataset,
+        _SeededBatches(dataset),
         batch_sampler=_EpochBatches(order),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        num_workers=options.workers,
+        pin_memory=options.pin_memory,
         persistent_workers=False,
     )
-    return TrainLoader(loader, order, view_layout)
+    return TrainLoader(loader, order, dataset, options.view_layout)
 
 
 def build_eval_loader(

@@ -11,10 +11,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dist_train.assemble import build_trainer
 from dist_train.config import load_config
 from dist_train.distributed import DistContext
 from dist_train.nn.ghost_bn import average_bn_buffers, convert_to_ghost_bn
-from dist_train.run import build_trainer
 from dist_train.trainer import ddp_buffer_sync
 
 

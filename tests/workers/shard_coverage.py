@@ -15,7 +15,7 @@ import torch
 from dist_train.config import load_config
 from dist_train.data.arrays import ImageArrays, TensorImageDataset
 from dist_train.data.dali import DaliTrainLoader
-from dist_train.data.loader import build_train_loader
+from dist_train.data.loader import LoaderOptions, build_train_loader
 from dist_train.data.transforms import build_transform, recipe_for
 
 MEAN, STD = 0.5, 0.25  # the synthetic recipe's normalisation
@@ -39,9 +39,10 @@ def main(out: Path, length: int, micro_batch: int, across: bool = False) -> None
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dataset = indexed_dataset(length)
     recipe = recipe_for(load_config(None, ["data.augment=false"]).data)
+    options = LoaderOptions(micro_batch, rank=rank, world_size=world, across_epochs=across)
     loaders = {
-        "torch": build_train_loader(dataset, micro_batch, 1, rank, world, 0, 0, False, across_epochs=across),
-        "dali": DaliTrainLoader(dataset, recipe, 8, micro_batch, 1, 1, "copy_major", rank, world, 0, 1, None, across),
+        "torch": build_train_loader(dataset, options),
+        "dali": DaliTrainLoader(dataset, recipe, 8, options),
     }
     seen = {
         name: {str(epoch): [i for images, _ in loader.epoch(epoch) for i in decode(images)] for epoch in (0, 1)}
