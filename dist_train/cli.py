@@ -107,7 +107,8 @@ def submit(args: argparse.Namespace) -> int:
         configs = [load_config(args.config, args.overrides)]
         default_logs = Path(configs[0].out_dir) / configs[0].name / "slurm"
     logs = Path(args.logs or default_logs).resolve()
-    configs = [slurm.prepare(cfg, options) for cfg in configs]  # checks every run before anything is submitted
+    # Every run is checked before anything is submitted (a dry run does not look for data.root here).
+    configs = [slurm.prepare(cfg, options, check_data=not args.dry_run) for cfg in configs]
     if args.dry_run:
         print(f"# sbatch options ({len(configs)} run(s); logs in {logs})")
         slurm.submit(configs, options, logs, dry_run=True)

@@ -134,11 +134,12 @@ def check_cluster(options: SlurmOptions) -> None:
         )
 
 
-def prepare(cfg: Config, options: SlurmOptions) -> Config:
+def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Config:
     """Check a run can start on the allocation, before submitting it; paths made absolute so the
-    job finds them whatever its working directory."""
+    job finds them whatever its working directory. ``check_data=False`` (a dry run, perhaps on a
+    laptop that does not mount the cluster's storage) leaves ``data.root`` unchecked."""
     micro_batch_size(cfg.data.batch_size, options.world_size, cfg.train.grad_accum_steps)
-    if cfg.data.root and not cfg.data.download and not Path(cfg.data.root).exists():
+    if check_data and cfg.data.root and not cfg.data.download and not Path(cfg.data.root).exists():
         raise DataError(f"data.root not found: {cfg.data.root}")
     run_dir = Path(cfg.out_dir) / cfg.name
     if cfg.resume == "never":

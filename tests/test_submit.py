@@ -121,6 +121,16 @@ def test_readme_dry_runs_work_on_a_laptop(tmp_path: Path, command: str) -> None:
     assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
 
 
+def test_dry_run_needs_no_data_here(tmp_path: Path) -> None:
+    """The README's cluster command, dry-run on a laptop: data.root is on the cluster's storage, not here."""
+    command = "submit --config configs/cifar10_resnet20.yaml --nodes 2 --gpus-per-node 4 --time 4:00:00 --partition gpu"
+    paths = [f"out_dir={tmp_path}/shared/runs", f"data.root={tmp_path}/shared/cifar"]
+    result = run_cli([*command.split(), *paths, "--dry-run"], env=NO_SLURM)
+    assert_ok(result)
+    assert "#SBATCH --partition=gpu" in result.stdout and f"root: {tmp_path}/shared/cifar" in result.stdout
+    assert not (tmp_path / "shared").exists()
+
+
 def test_sweep_dry_run_needs_no_cluster(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"optim.lr": [0.01, 0.1]})
     result = run_cli(["submit", "--sweep", str(path), "--nodes", "2", "--dry-run"], env=NO_SLURM)
