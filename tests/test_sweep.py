@@ -87,7 +87,8 @@ def test_local_sweep_then_report(tmp_path: Path) -> None:
     for row in rows:
         summary = summaries[row["run"]]
         assert float(row["val_error_pct"]) == pytest.approx(100 * (1 - summary["val_acc"]))
-        assert row["status"] == "ok"
+        # One epoch of a tiny run may still sit at chance: the report calls that collapsed, not ok.
+        assert row["status"] == ("collapsed" if summary["val_acc"] <= 0.15 else "ok")
     with Image.open(sweep_dir / "heatmap.png") as image:
         assert image.size[0] > 300 and image.size[1] > 200
 
