@@ -8,6 +8,7 @@ its reason elsewhere; DIST_TRAIN_REQUIRE_MULTINODE=1 (set in CI) makes them fail
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -200,35 +201,61 @@ def test_two_node_job_array_of_a_sweep(cluster: list[str], tmp_path: Path) -> No
         assert json.loads((sweep_dir / run / "summary.json").read_text())["steps"] == 2 * 32
 
 
-LONG = [*TINY, "train.epochs=100", "checkpoint.every_steps=8", "dist.timeout_s=60"]
-"""A run long enough (1600 steps, over a minute) for SLURM to interrupt it while it trains."""
+LONG = [*TINY, "train.epochs=10", "checkpoint.every_steps=8", "dist.timeout_s=60"]
+"""160 steps, a checkpoint every 8; the tests below pause the ranks while SLURM acts, so the run's length does not
+have to outlast SLURM's reaction time (up to 30 s for a time-limit check, 30 s or more to find a node lost)."""
+
+
+def job_ranks(run_dir: Path) -> list[int]:
+    """Pids of the job's ranks (submitit's task processes, whose command line names the run's log folder)."""
+    logs = str(run_dir / "slurm")
+    found = []
+    for node in ("node0", "node1"):
+        for pid in node_processes(CLUSTER_NODES, node, "submitit.core._submit"):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if logs in command and not command.startswith("srun"):
+                found.append(pid)
+    return found
+
+
+def signal_all(pids: list[int], number: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # already gone
+            os.kill(pid, number)
 
 
 def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path) -> None:
     """A 2-node job reaches its time limit: SLURM signals it (USR2, --signal-delay-s before the limit), submitit
-    requeues it, and the requeued job resumes from its last checkpoint to the uninterrupted run's step count."""
+    requeues it, and the requeued job resumes from its last checkpoint to the uninterrupted run's step count.
+    The ranks are paused (SIGSTOP) from the first checkpoint on; SLURM resumes them (SIGCONT) with its signal."""
     job = job_id_of(
         run_cli(["submit", "--config", "configs/quickstart.yaml", *LONG, *TWO_BY_TWO, f"out_dir={tmp_path}"])
     )
     run_dir = tmp_path / "quickstart"
+    ranks: list[int] = []
     try:
         wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists(), what="the first checkpoint")
-        # 1 minute: less than the 90 s of --signal-delay-s remain, so SLURM signals at its next time-limit check.
-        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=1"], check=True)
+        ranks = job_ranks(run_dir)
+        assert len(ranks) == 4, ranks
+        signal_all(ranks, signal.SIGSTOP)
+        # 2 minutes: less than the 90 s of --signal-delay-s remain from 30 s on, so SLURM signals at its first
+        # time-limit check after that (it checks every 30 s).
+        subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=2"], check=True)
         limited = time.monotonic()
         release_requeued(job)
-        print(f"requeued {time.monotonic() - limited:.0f} s after the time limit was lowered")
+        print(f"SLURM signalled, the job requeued {time.monotonic() - limited:.0f} s after the limit was lowered")
         subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True)
         wait_until(lambda: job not in queued_jobs(), what=f"job {job} to finish")
     finally:
+        signal_all(ranks, signal.SIGCONT)
         subprocess.run(["scancel", job], capture_output=True)
     rank0 = next((run_dir / "slurm").glob("*_0_log.out")).read_text()
     assert "Calling checkpoint method" in rank0, rank0[-3000:]
     _, resumed = starts(run_dir)
     assert resumed["restarts"] == 1 and resumed["resumed_from"].endswith("last.pt")
-    assert 0 < resumed["step"] < 1600 and resumed["step"] % 8 == 0  # inside the run, at a checkpoint
+    assert 0 < resumed["step"] < 160 and resumed["step"] % 8 == 0  # inside the run, at a checkpoint
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 1600 and summary["world_size"] == 4
+    assert summary["steps"] == 160 and summary["world_size"] == 4
 
 
 ENDED = ("FAILED", "NODE_FAIL", "CANCELLED", "TIMEOUT")
@@ -242,37 +269,39 @@ def requeued_or_ended(job: str) -> bool:
 def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path) -> None:
     """node1's slurmd dies mid-run: SLURM sets the node down and requeues the job; no rank outlives the job by
     more than dist.timeout_s, the checkpoint stays readable, and once the node is back the job resumes and ends
-    with the uninterrupted run's step count."""
+    with the uninterrupted run's step count. The ranks are paused (SIGSTOP) from the kill until SLURM has acted,
+    then let go: those SLURM did not kill must find their peers gone and stop by themselves."""
     job = job_id_of(
         run_cli(["submit", "--config", "configs/quickstart.yaml", *LONG, *TWO_BY_TWO, f"out_dir={tmp_path}"])
     )
     run_dir = tmp_path / "quickstart"
     pid_file = SLURM_STATE / "slurmd-node1.pid"
+    ranks: list[int] = []
     try:
         wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists(), what="the first checkpoint")
+        ranks = job_ranks(run_dir)
+        assert len(ranks) == 4, ranks
+        signal_all(ranks, signal.SIGSTOP)
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         killed = time.monotonic()
         wait_until(lambda: requeued_or_ended(job), timeout=180, what="SLURM to set node1 down, requeue or end the job")
         noticed = time.monotonic()
-        wait_until(
-            lambda: not any(node_processes(CLUSTER_NODES, node, "submitit") for node in ("node0", "node1")),
-            timeout=60 + 30,  # dist.timeout_s, and some
-            what="every rank to exit",
-        )
+        signal_all(ranks, signal.SIGCONT)
+        wait_until(lambda: not job_ranks(run_dir), timeout=60 + 30, what="every rank to exit")  # dist.timeout_s
         ranks_gone = time.monotonic()
         state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-        assert 0 < state["step"] < 1600
+        assert 0 < state["step"] < 160
         subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], check=True, capture_output=True)
-        if job_info(job).get("JobState") not in ENDED:  # requeued: it runs again once both nodes are up
-            print(f"job {job} was requeued")
-            wait_until(lambda: job_info(job).get("JobState") != "COMPLETING", what=f"job {job} to be pending")
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-            wait_until(lambda: job not in queued_jobs(), timeout=400, what=f"job {job} to finish")
-            summary = json.loads((run_dir / "summary.json").read_text())
-            assert summary["steps"] == 1600
-            resumed = starts(run_dir)[-1]
-            assert resumed["resumed_from"].endswith("last.pt") and resumed["step"] > 0
+        assert job_info(job).get("JobState") not in ENDED, job_info(job)  # requeued, not failed
+        wait_until(lambda: job_info(job).get("JobState") != "COMPLETING", what=f"job {job} to be pending")
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        wait_until(lambda: job not in queued_jobs(), timeout=400, what=f"job {job} to finish")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["steps"] == 160
+        resumed = starts(run_dir)[-1]
+        assert resumed["resumed_from"].endswith("last.pt") and resumed["step"] == state["step"]
     finally:
+        signal_all(ranks, signal.SIGCONT)
         subprocess.run(["scancel", job], capture_output=True)
         subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], capture_output=True)
     print(f"SLURM noticed after {noticed - killed:.0f} s; every rank gone {ranks_gone - noticed:.0f} s later")
