@@ -127,21 +127,26 @@ def loader_options(cfg: Config, ctx: DistContext, micro_batch: int) -> LoaderOpt
 
 
 def build_training_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> TrainLoader:
-    """The training loader of ``data.backend``: torch DataLoader or DALI pipelines, one contract.
+    """The training loader of ``data.backend``: torch DataLoader, DALI pipelines or device tensors, one contract.
 
     ``data`` must come from ``build_datasets(cfg.data, copies=...)`` with the torch backend's views
-    (:func:`training_copies`): DALI makes its views itself.
+    (:func:`training_copies`): DALI and the tensor backend make their views themselves.
     """
     options = loader_options(cfg, ctx, micro_batch)
     if cfg.data.backend == "dali":
         from dist_train.data.dali import DaliTrainLoader
 
         return DaliTrainLoader(data.train, recipe_for(cfg.data), data.image_size, options)  # type: ignore[return-value]
+    if cfg.data.backend == "tensor":
+        from dist_train.data.tensor_loader import TensorTrainLoader
+
+        return TensorTrainLoader(data.train, recipe_for(cfg.data), options, ctx.device)  # type: ignore[arg-type,return-value]
     return build_train_loader(data.train, options)
 
 
 def training_copies(cfg: Config) -> int:
-    """Views per sample the dataset itself makes: the torch backend's batch augmentation (DALI makes its own)."""
+    """Views per sample the dataset itself makes: the torch backend's batch augmentation (DALI and tensor make
+    their own)."""
     return cfg.augment.copies if cfg.data.backend == "torch" else 1
 
 

@@ -26,10 +26,11 @@ class DataConfig:
 
     dataset: Literal["synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder"] = "synthetic"
     """Which reader to use."""
-    backend: Literal["torch", "dali"] = "torch"
-    """Training loader: torch DataLoader + torchvision transforms v2, or NVIDIA DALI pipelines
-    (``pip install .[dali]``; CPU operators when there is no GPU). Both give identical batches
-    (shapes, dtype, layout, sample order); only the random augmentation draws differ."""
+    backend: Literal["torch", "dali", "tensor"] = "torch"
+    """Training loader: torch DataLoader + torchvision transforms v2, NVIDIA DALI pipelines
+    (``pip install .[dali]``; CPU operators when there is no GPU), or ``tensor``: the whole split on the
+    training device, augmented a batch at a time by tensor ops (in-memory sets only, not ``imagefolder``).
+    All give identical batches (shapes, dtype, layout, sample order); only the random augmentation draws differ."""
     root: str = ""
     """Dataset directory: the CIFAR python-pickle folder, the (Fashion-)MNIST IDX folder, or an
     ImageFolder tree (``train/`` and optionally ``val/``). Unused for ``synthetic``. Empty for
@@ -427,6 +428,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
     if not 0.0 <= config.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    if config.data.backend == "tensor" and config.data.dataset == "imagefolder":
+        raise ConfigError("data.backend=tensor holds in-memory data sets only; use torch or dali for imagefolder")
     if config.data.dataset != "synthetic" and not config.data.root:
         raise ConfigError(f"data.root is required for data.dataset={config.data.dataset}")
     if config.schedule.factors and len(config.schedule.factors) != len(config.schedule.milestones):
