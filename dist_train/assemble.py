@@ -122,7 +122,6 @@ def loader_options(cfg: Config, ctx: DistContext, micro_batch: int) -> LoaderOpt
         across_epochs=cross_epoch_batches(cfg),
         copies=cfg.augment.copies,
         device_id=ctx.device.index if ctx.device.type == "cuda" else None,
-        reseed_every=cfg.checkpoint.every_steps * cfg.train.grad_accum_steps,
     )
 
 
@@ -151,7 +150,23 @@ def training_copies(cfg: Config) -> int:
 
 
 def build_val_loader(cfg: Config, ctx: DistContext, data: DatasetSplits) -> DataLoader:
+    """The validation loader: a DataLoader, or with ``data.backend: dali`` a DALI pipeline giving the same
+    images, shards and batches."""
     eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
+    if cfg.data.backend == "dali":
+        from dist_train.data.dali import DaliEvalLoader
+
+        device_id = ctx.device.index if ctx.device.type == "cuda" else None
+        return DaliEvalLoader(  # type: ignore[return-value]
+            data.val,
+            recipe_for(cfg.data),
+            data.image_size,
+            eval_batch,
+            ctx.rank,
+            ctx.world_size,
+            cfg.data.num_workers,
+            device_id,
+        )
     return build_eval_loader(
         data.val, eval_batch, ctx.rank, ctx.world_size, cfg.data.num_workers, ctx.device.type == "cuda"
     )

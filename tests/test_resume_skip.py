@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dist_train.config import DataConfig, load_config
+from dist_train.config import DataConfig
 from dist_train.data import build_datasets
 from dist_train.data.loader import LoaderOptions, build_train_loader
 from dist_train.data.transforms import recipe_for
@@ -98,38 +98,28 @@ def test_torch_workers_give_each_batch_its_own_seed(tree: DataConfig) -> None:
 
 
 def test_dali_loader_skips_without_reading(tree: DataConfig, dali: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DALI's file reader is given only the files after the checkpoint; pipelines reseeded at the checkpoint
-    positions (every 2 micro-batches here) make the resumed epoch's batches the uninterrupted ones."""
+    """DALI's pipeline is fed only the files after the checkpoint, and since each micro-batch's random draws
+    come from its own seed, the resumed epoch's batches are the uninterrupted ones, from any micro-batch."""
+    from dist_train.data import dali_pipelines
     from dist_train.data.dali import DaliTrainLoader
 
     data = build_datasets(tree)
-    options = LoaderOptions(MICRO, seed=3, reseed_every=2)
-    loader = DaliTrainLoader(data.train, recipe_for(tree), data.image_size, options)
-    given: list[int] = []
-    pipeline = loader._pipeline
+    loader = DaliTrainLoader(data.train, recipe_for(tree), data.image_size, LoaderOptions(MICRO, seed=3))
+    reads: list[str] = []
+    read_file = dali_pipelines.read_file
 
-    def recorded(batches, seed):
-        given.append(sum(len(b) for b in batches))
-        return pipeline(batches, seed)
+    def counted(path):
+        reads.append(str(path))
+        return read_file(path)
 
-    monkeypatch.setattr(loader, "_pipeline", recorded)
+    monkeypatch.setattr(dali_pipelines, "read_file", counted)
     full = list(loader.epoch(1))
-    assert len(full) == BATCHES and sum(given) == BATCHES * MICRO
-    given.clear()
-    tail = list(loader.epoch(1, start=4))
-    assert sum(given) == (BATCHES - 4) * MICRO  # files handed to the reader: only those after the checkpoint
-    for (images, labels), (want_images, want_labels) in zip(tail, full[4:], strict=True):
-        assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
-
-
-def test_dali_segments_follow_the_runs_micro_batch_count(dali: None) -> None:
-    """Pipelines restart where the run's micro-batch count (across epochs) reaches a multiple of reseed_every."""
-    from dist_train.data.dali import DaliTrainLoader
-
-    cfg = load_config(None, ["data.synthetic_train_size=40", "data.synthetic_val_size=8"])
-    data = build_datasets(cfg.data)
-    loader = DaliTrainLoader(data.train, recipe_for(cfg.data), data.image_size, LoaderOptions(4, reseed_every=3))
-    assert loader.order.steps_per_epoch == 10
-    assert loader.segments(0) == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    assert loader.segments(1) == [(0, 2), (2, 5), (5, 8), (8, 10)]  # the run's micro-batches 12, 15, 18
-    assert loader.segments(1, start=5) == [(5, 8), (8, 10)]
+    assert len(full) == BATCHES and len(reads) == BATCHES * MICRO
+    for skip in (3, 4):
+        reads.clear()
+        tail = list(loader.epoch(1, start=skip))
+        assert len(reads) == (BATCHES - skip) * MICRO  # files read and decoded: only those after the checkpoint
+        expected = {data.train.samples[i][0] for batch in loader.order.micro_batches(1)[skip:] for i in batch}
+        assert set(reads) == expected
+        for (images, labels), (want_images, want_labels) in zip(tail, full[skip:], strict=True):
+            assert torch.equal(images, want_images) and torch.equal(labels, want_labels)

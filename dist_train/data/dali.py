@@ -1,123 +1,195 @@
-"""The DALI training loader: the torch backend's batches, made by NVIDIA DALI pipelines.
+"""The DALI loaders: the torch backend's batches, made by NVIDIA DALI pipelines.
 
-In-memory datasets (CIFAR, MNIST, synthetic) enter through ``external_source``;
-ImageFolder trees through DALI's file reader, decoded once per sample (on the
-GPU with ``device="mixed"`` when there is one). The M views of batch
-augmentation are M random crops/flips of that one decoded image. Without CUDA
-the pipeline runs CPU operators only (``device_id=None``).
+Training (:class:`DaliTrainLoader`) and validation (:class:`DaliEvalLoader`) each build one pipeline and
+keep it for every epoch; the graphs and the random draws are in :mod:`dist_train.data.dali_pipelines`.
+In-memory datasets (CIFAR, MNIST, synthetic) and ImageFolder files alike enter through
+``external_source``, a micro-batch at a time, with each view's random parameters (crop window, flip,
+cutout) drawn in numpy from the micro-batch's own seed (:func:`~dist_train.data.loader.batch_seed`, as
+the torch backend's loader workers do). JPEGs are decoded on the GPU with ``device="mixed"`` when there
+is one; without CUDA the pipeline runs CPU operators only (``device_id=None``).
 
 Sample order is the torch backend's: each epoch's micro-batches come from the same
-:class:`~dist_train.data.loader.BatchOrder` (sharded by global rank and world size,
-reshuffled with a seed that depends on the epoch, every rank the same number of
-steps, per epoch or across epoch boundaries), so ``data.backend: torch | dali``
-changes the augmentation draws and nothing else.
-Evaluation uses the torch loader.
+:class:`~dist_train.data.loader.BatchOrder` (sharded by global rank and world size, reshuffled with a
+seed that depends on the epoch, every rank the same number of steps, per epoch or across epoch
+boundaries), so ``data.backend: torch | dali`` changes the augmentation draws and nothing else.
+Validation shards and batches as :func:`~dist_train.data.loader.build_eval_loader` does, and gives the
+torch evaluation transform's images (within float tolerance).
 
-An epoch may start at any micro-batch (``epoch(e, start=k)``, a resume from a mid-epoch
-checkpoint): the pipeline then reads only the files (or arrays) from there on. It stays exact
-because pipelines are reseeded where checkpoints may fall (``LoaderOptions.reseed_every``): the
-uninterrupted run starts a new pipeline at each of those micro-batches, with a seed that depends
-only on the epoch and the position, and the resumed run starts its first one there.
+An epoch may start at any micro-batch (``epoch(e, start=k)``, a resume from a mid-epoch checkpoint): the
+pipeline is then fed only the files (or arrays) from there on, and since every micro-batch's draws
+depend only on (seed, epoch, rank, position), the resumed epoch's batches are the uninterrupted ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from itertools import pairwise
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dist_train.data import dali_pipelines
 from dist_train.data.arrays import TensorImageDataset
+from dist_train.data.dali_pipelines import Graph
 from dist_train.data.imagefolder import ImageFileDataset
-from dist_train.data.loader import LoaderOptions, batch_seed, epoch_seed
+from dist_train.data.loader import LoaderOptions, batch_seed
 from dist_train.data.transforms import Recipe
-from dist_train.data.views import arrange_views
 from dist_train.errors import ConfigError
 
 INSTALL_HINT = "data.backend=dali needs NVIDIA DALI, which is not installed: pip install -e '.[dali]'"
+AHEAD = 2
+"""Micro-batches fed and scheduled before the one being handed out."""
 
 
 def import_dali() -> Any:
     """The ``nvidia.dali`` package, or a one-line ConfigError telling how to install it."""
     try:
         import nvidia.dali
-        import nvidia.dali.plugin.pytorch  # the iterator lives here
+        import nvidia.dali.plugin.pytorch  # feed_ndarray lives here
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     return nvidia.dali
 
 
-class _IndexedArrays:
-    """external_source input: each call returns the next batch (images NHWC uint8, labels) of this epoch."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]) -> None:
-        self.images, self.labels, self.batches = images, labels, batches
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in self.batches:
-            yield self.images[batch], self.labels[batch]
+Feed = tuple[Any, np.ndarray, torch.Tensor]
+"""One micro-batch for the pipeline: its data (files' bytes or NHWC arrays), its (n, M, PARAMS) draws, labels."""
 
 
-def _augment(dali: Any, images: Any, recipe: Recipe, size: int, device: str) -> Any:
-    """One random view: crop as the recipe says, flip, normalise to float32 CHW."""
-    fn, types = dali.fn, dali.types
-    if recipe.crop == "pad":
-        # Whole-pixel offsets, each of -pad..pad equally likely (as torchvision's RandomCrop(padding=pad)).
-        offsets = [float(v) for v in range(-recipe.pad, recipe.pad + 1)]
-        anchor = fn.cast(fn.random.uniform(values=offsets, shape=[2]), dtype=types.INT32)
-        images = fn.slice(images, anchor, [size, size], axis_names="HW", out_of_bounds_policy="pad", device=device)
-    elif recipe.crop == "resized":
-        images = fn.random_resized_crop(images, size=[size, size], device=device)
-    crop = {}
-    if recipe.crop == "none" and recipe.resize_eval:  # images of many sizes, unaugmented: the evaluation view
-        images = fn.resize(images, resize_shorter=int(size * 256 / 224), device=device)
-        crop = {"crop": [size, size]}  # centred
-    images = fn.crop_mirror_normalize(
-        images,
-        **crop,
-        mirror=fn.random.coin_flip() if recipe.flip else 0,
-        mean=[255 * m for m in recipe.mean],
-        std=[255 * s for s in recipe.std],
-        dtype=types.FLOAT,
-        output_layout="CHW",
-        device=device,
-    )
-    if recipe.cutout:  # a square at a uniformly random centre, clipped at the borders (fn.erase clips)
-        centre = fn.random.uniform(values=[float(v) for v in range(size)], shape=[2])
-        images = fn.erase(
-            images,
-            anchor=centre - float(recipe.cutout // 2),
-            shape=[float(recipe.cutout)] * 2,
-            axis_names="HW",
-            fill_value=0.0,
-            device=device,
-        )
-    return images
+class _Source:
+    """A dataset as pipeline input: the data of a list of indices, and each image's (height, width)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not isinstance(dataset, TensorImageDataset | ImageFileDataset):
+            raise ConfigError(f"data.backend=dali cannot read {type(dataset).__name__}")
+        self.encoded = isinstance(dataset, ImageFileDataset)
+        if isinstance(dataset, ImageFileDataset):
+            self.paths = [path for path, _ in dataset.samples]
+            self.labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.int64)
+            self.sizes = np.zeros((len(self.paths), 2), dtype=np.int64)  # read from the headers when first needed
+        else:
+            arrays = dataset.arrays
+            self.images = np.ascontiguousarray(arrays.images.permute(0, 2, 3, 1).numpy())  # NHWC for DALI
+            self.labels = arrays.labels.to(torch.int64)
+            self.sizes = np.tile(np.array(self.images.shape[1:3]), (len(self.images), 1))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, indices: np.ndarray) -> tuple[Any, np.ndarray]:
+        """The samples' data and (height, width)."""
+        if not self.encoded:
+            return self.images[indices], self.sizes[indices]
+        files = [dali_pipelines.read_file(self.paths[i]) for i in indices.tolist()]
+        for i, data in zip(indices.tolist(), files, strict=True):
+            if not self.sizes[i, 0]:
+                self.sizes[i] = dali_pipelines.image_size(data)
+        return files, self.sizes[indices]
+
+
+@dataclass
+class _Runner:
+    """One pipeline, built on first use and kept: fed micro-batch by micro-batch, AHEAD of the one handed
+    out; its M view outputs gathered into (n·M, C, H, W) float32 images in ``layout``."""
+
+    graph: Graph
+    batch_size: int
+    threads: int
+    device_id: int | None
+    layout: str = "copy_major"
+    pipe: Any = None
+    pending: deque[torch.Tensor] = field(default_factory=deque)
+    """Labels of the micro-batches scheduled and not yet taken out."""
+
+    def run(self, feeds: Iterable[Feed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.pipe is None:
+            self.pipe = self.graph.build(import_dali(), self.batch_size, self.threads, self.device_id)
+        self._drain()
+        feeds = iter(feeds)
+        try:
+            for _ in range(AHEAD):
+                self._schedule(feeds)
+            while self.pending:
+                outputs = self.pipe.outputs()
+                labels = self.pending.popleft()
+                images = self._gather(outputs)
+                self._schedule(feeds)
+                yield images, self._repeat(labels)
+        except Exception:
+            self.pipe = None  # a failed pipeline is not valid any more: the next epoch builds a new one
+            self.pending.clear()
+            raise
+        finally:
+            self._drain()  # an epoch left early: its scheduled micro-batches are made and dropped
+
+    def _schedule(self, feeds: Iterator[Feed]) -> None:
+        item = next(feeds, None)
+        if item is None:
+            return
+        data, params, labels = item
+        self.pipe.feed_input("data", data)
+        self.pipe.feed_input("params", params)
+        self.pipe.schedule_run()
+        self.pending.append(labels)
+
+    def _drain(self) -> None:
+        try:
+            while self.pending and self.pipe is not None:
+                self.pipe.outputs()
+                self.pending.popleft()
+        except Exception:
+            self.pipe = None
+        self.pending.clear()
+
+    def _gather(self, outputs: Any) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        views = [output.as_tensor() for output in outputs]
+        shape = views[0].shape()
+        gpu = self.device_id is not None
+        device = torch.device("cuda", self.device_id) if gpu else torch.device("cpu")
+        images = torch.empty((len(views), *shape), dtype=torch.float32, device=device)
+        stream = torch.cuda.current_stream(device) if gpu else None
+        for m, view in enumerate(views):
+            feed_ndarray(view, images[m], cuda_stream=stream)
+        if self.layout == "sample_major":
+            images = images.transpose(0, 1)
+        return images.reshape(-1, *shape[1:])
+
+    def _repeat(self, labels: torch.Tensor) -> torch.Tensor:
+        copies = self.graph.copies
+        if copies == 1:
+            return labels
+        return labels.repeat(copies) if self.layout == "copy_major" else labels.repeat_interleave(copies)
 
 
 @dataclass
 class DaliTrainLoader:
     """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e, start)`` yields the
-    micro-batches."""
+    micro-batches (``options.copies`` views of each sample, laid out as ``options.view_layout``).
+
+    ``decode_per_view`` (JPEGs with random-resized crops): decode each view from its own window (None: only
+    when there is one view per sample; with more, one full decode per image serves them all)."""
 
     dataset: Dataset
     recipe: Recipe
     image_size: int
     options: LoaderOptions
+    decode_per_view: bool | None = None
 
     def __post_init__(self) -> None:
-        self.dali = import_dali()
-        if not isinstance(self.dataset, TensorImageDataset | ImageFileDataset):
-            raise ConfigError(f"data.backend=dali cannot read {type(self.dataset).__name__}")
-        self.order = self.options.batch_order(len(self.dataset))
-        if isinstance(self.dataset, TensorImageDataset):
-            arrays = self.dataset.arrays
-            self.images = np.ascontiguousarray(arrays.images.permute(0, 2, 3, 1).numpy())  # NHWC for DALI
-            self.labels = arrays.labels.numpy().astype(np.int64)
+        import_dali()
+        self.source = _Source(self.dataset)
+        self.order = self.options.batch_order(len(self.dataset))  # type: ignore[arg-type]
+        copies = self.options.copies
+        fused = copies == 1 if self.decode_per_view is None else self.decode_per_view
+        graph = Graph(self.recipe, self.image_size, copies, self.source.encoded, fused)
+        self.graph = graph
+        self.runner = _Runner(
+            graph, self.options.micro_batch, self.options.workers, self.options.device_id, self.options.view_layout
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -126,84 +198,51 @@ class DaliTrainLoader:
     def steps_in(self, epoch: int) -> int:
         return self.order.steps_in(epoch)
 
-    @property
-    def device(self) -> str:
-        return "cpu" if self.options.device_id is None else "gpu"
-
-    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        return [np.asarray(batch, dtype=np.int64) for batch in self.order.micro_batches(epoch)]
-
-    def segments(self, epoch: int, start: int = 0) -> list[tuple[int, int]]:
-        """``(first, end)`` micro-batch positions of the pipelines that serve ``epoch`` from ``start``: a new one
-        at ``start`` and wherever the run's micro-batch count reaches a multiple of ``reseed_every``."""
-        count = self.order.steps_in(epoch) * self.options.grad_accum_steps
-        every = self.options.reseed_every
-        offset = epoch * self.order.steps_per_epoch * self.options.grad_accum_steps  # the run's micro-batches so far
-        cuts = [p for p in range(start + 1, count) if every and (offset + p) % every == 0]
-        bounds = [start, *cuts, count]
-        return [(a, b) for a, b in pairwise(bounds) if b > a]
-
-    def _seed(self, epoch: int, first: int) -> int:
+    def _feeds(self, epoch: int, start: int) -> Iterator[Feed]:
         options = self.options
-        seed = (
-            epoch_seed(options.seed, epoch, options.rank)
-            if first == 0
-            else batch_seed(options.seed, epoch, options.rank, first)
-        )
-        return seed % 2**31
-
-    def _pipeline(self, batches: list[np.ndarray], seed: int) -> Any:
-        dali, fn, types = self.dali, self.dali.fn, self.dali.types
-        pipe = dali.Pipeline(
-            batch_size=self.options.micro_batch,
-            num_threads=max(1, self.options.workers),
-            device_id=self.options.device_id,
-            seed=seed,
-            exec_dynamic=True,
-        )
-        with pipe:
-            if isinstance(self.dataset, ImageFileDataset):
-                paths = [self.dataset.samples[i][0] for batch in batches for i in batch]
-                labels = [self.dataset.samples[i][1] for batch in batches for i in batch]
-                encoded, label = fn.readers.file(files=paths, labels=labels, random_shuffle=False, name="reader")
-                decode_on = "mixed" if self.device == "gpu" else "cpu"
-                images = fn.decoders.image(encoded, device=decode_on, output_type=types.RGB)
-            else:
-                images, label = fn.external_source(
-                    source=_IndexedArrays(self.images, self.labels, batches),
-                    num_outputs=2,
-                    batch=True,
-                    layout=["HWC", ""],
-                )
-                if self.device == "gpu":
-                    images = images.gpu()
-            copies = self.options.copies
-            views = [_augment(self.dali, images, self.recipe, self.image_size, self.device) for _ in range(copies)]
-            pipe.set_outputs(*views, label)
-        return pipe
+        for position, batch in enumerate(self.order.micro_batches(epoch)[start:], start):
+            indices = np.asarray(batch, dtype=np.int64)
+            data, sizes = self.source.read(indices)
+            rng = np.random.default_rng(batch_seed(options.seed, epoch, options.rank, position))
+            yield data, self.graph.draw(rng, sizes), self.source.labels[indices]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The micro-batches of ``epoch`` from ``start`` on; the ones before are neither read nor decoded."""
-        batches = self._epoch_batches(epoch)
-        for first, end in self.segments(epoch, start):
-            yield from self._run(batches[first:end], self._seed(epoch, first))
+        return self.runner.run(self._feeds(epoch, start))
 
-    def _run(self, batches: list[np.ndarray], seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        pipe = self._pipeline(batches, seed)
-        copies, layout = self.options.copies, self.options.view_layout
-        names = [f"view{m}" for m in range(copies)]
-        reader = {"reader_name": "reader"} if isinstance(self.dataset, ImageFileDataset) else {}
-        iterator = DALIGenericIterator(
-            pipe, [*names, "label"], last_batch_policy=LastBatchPolicy.DROP, auto_reset=False, **reader
-        )
-        for _, outputs in zip(batches, iterator, strict=False):
-            data = outputs[0]
-            labels = data["label"].reshape(-1).long()
-            if copies == 1:
-                yield data["view0"], labels
-            elif layout == "copy_major":  # the pipeline's outputs are already views 0, 1, ...
-                yield torch.cat([data[n] for n in names]), labels.repeat(copies)
-            else:
-                yield arrange_views(torch.stack([data[n] for n in names], dim=1), labels, layout)
+class DaliEvalLoader:
+    """The validation set through one DALI pipeline: the torch evaluation transform's images (no
+    randomness), sharded ``rank::world_size`` and batched as :func:`~dist_train.data.loader.build_eval_loader`."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        recipe: Recipe,
+        image_size: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        threads: int = 1,
+        device_id: int | None = None,
+    ) -> None:
+        import_dali()
+        self.source = _Source(dataset)
+        self.per_rank = max(1, -(-batch_size // world_size))
+        self.indices = np.arange(rank, len(self.source), world_size, dtype=np.int64)
+        plain = Recipe("none", recipe.resize_eval, False, recipe.mean, recipe.std)
+        graph = Graph(plain, image_size, 1, self.source.encoded, fused=False)
+        self.graph = graph
+        self.runner = _Runner(graph, self.per_rank, threads, device_id)
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.per_rank)
+
+    def _feeds(self) -> Iterator[Feed]:
+        for first in range(0, len(self.indices), self.per_rank):
+            indices = self.indices[first : first + self.per_rank]
+            data, sizes = self.source.read(indices)
+            yield data, self.graph.draw(None, sizes), self.source.labels[indices]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.runner.run(self._feeds())

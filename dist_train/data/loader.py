@@ -13,8 +13,7 @@ Both backends take a :class:`LoaderOptions` and can start an epoch at any micro-
 from a mid-epoch checkpoint. That stays exact because a batch's augmentation never depends
 on the batches before it in a way a checkpoint cannot restore: in the main process the random
 stream is the process's own (the checkpoint keeps it); in DataLoader workers every batch
-draws from its own seed (:func:`batch_seed`); DALI reseeds its pipelines where a checkpoint
-may fall (:attr:`LoaderOptions.reseed_every`).
+draws from its own seed (:func:`batch_seed`), and so do DALI's per-batch random parameters.
 """
 
 from __future__ import annotations
@@ -74,9 +73,6 @@ class LoaderOptions:
     """DALI: views made per sample (the torch backend's dataset makes its own views)."""
     device_id: int | None = None
     """DALI: the GPU that runs the pipelines; None: CPU operators."""
-    reseed_every: int = 0
-    """DALI: start a freshly seeded pipeline every this many micro-batches of the run (where mid-epoch
-    checkpoints fall: ``checkpoint.every_steps × train.grad_accum_steps``); 0: once per epoch."""
 
     def batch_order(self, length: int) -> BatchOrder:
         return BatchOrder(
