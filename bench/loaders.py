@@ -1,8 +1,9 @@
-"""Images/s delivered to the training loop by the torch and DALI (CPU) training loaders, side by side.
+"""Images/s delivered to the training loop by the torch, DALI (CPU) and tensor training loaders, side by side.
 
     python bench/loaders.py                              # 8192 CIFAR-shaped arrays, 768 JPEGs, 3 repeats
     python bench/loaders.py --images 4096 --jpegs 512 --repeats 2
     python bench/loaders.py --workers 2 --cifar-batch 128 --jpeg-batch 32
+    python bench/loaders.py --sources synthetic --backends torch,tensor   # tensor vs torch, CIFAR shapes, M = 1, 4
 
 Two sources:
 
@@ -17,6 +18,12 @@ times to one decoded image), ``num_threads`` for the DALI pipeline (``DaliTrainL
 ``device_id=None``: one decode, M random crops/flips). On JPEGs with M = 4 a third loader decodes the file
 again for every view (the torch backend over a dataset whose item loads the file M times), to show what
 decoding once saves.
+
+The tensor backend (``data.backend=tensor``, in-memory sources only) keeps the split as one uint8 tensor on the
+device (here CPU memory) and makes each batch in the training process with whole-batch tensor ops; its
+budget is torch threads of the training process (``--tensor-threads``, 1 by default: less than the
+workers'), not worker processes. ``--sources`` and ``--backends``
+pick the rows (ratios are printed against torch, which is then always measured).
 
 The loop only iterates ``loader.epoch(e)`` and reads one element of each micro-batch (no model). A timed
 unit is one whole epoch, so each backend's per-epoch start-up (worker processes, pipeline build) is counted
@@ -33,7 +40,8 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,7 @@ from dist_train.data import build_datasets
 from dist_train.data.dali import DaliTrainLoader
 from dist_train.data.imagefolder import load_image
 from dist_train.data.loader import LoaderOptions, build_train_loader
+from dist_train.data.tensor_loader import TensorTrainLoader
 from dist_train.data.transforms import recipe_for
 
 WARMUP_BATCHES = 3
@@ -97,23 +106,36 @@ class Case:
     seconds: list[float] = field(default_factory=list)
     first_batch: list[float] = field(default_factory=list)
     images: int = 0
+    threads: int = 0
+    """torch threads of this process while this loader runs (0: unchanged)."""
+
+    @contextmanager
+    def budget(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads or before)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def warm_up(self) -> None:
-        for index, (images, labels) in enumerate(self.loader.epoch(0)):
-            touch(images, labels)
-            if index + 1 == WARMUP_BATCHES:
-                break
+        with self.budget():
+            for index, (images, labels) in enumerate(self.loader.epoch(0)):
+                touch(images, labels)
+                if index + 1 == WARMUP_BATCHES:
+                    break
 
     def run_epoch(self, epoch: int) -> None:
         images_seen = 0
-        start = time.perf_counter()
         first = None
-        for images, labels in self.loader.epoch(epoch):
-            touch(images, labels)
-            images_seen += images.shape[0]
-            if first is None:
-                first = time.perf_counter() - start
-        self.seconds.append(time.perf_counter() - start)
+        with self.budget():
+            start = time.perf_counter()
+            for images, labels in self.loader.epoch(epoch):
+                touch(images, labels)
+                images_seen += images.shape[0]
+                if first is None:
+                    first = time.perf_counter() - start
+            self.seconds.append(time.perf_counter() - start)
         self.first_batch.append(first or 0.0)
         self.images = images_seen
 
@@ -146,15 +168,23 @@ def data_config(overrides: list[str]) -> DataConfig:
     return load_config(None, overrides).data
 
 
-def make_cases(source: str, cfg: DataConfig, batch: int, copies: int, budget: int) -> list[Case]:
-    """The torch and DALI loaders (plus decode-per-view on JPEGs with M > 1) of one source and M."""
+def make_cases(
+    source: str, cfg: DataConfig, batch: int, copies: int, budget: int, backends: list[str], tensor_threads: int = 0
+) -> list[Case]:
+    """The torch loader, then those of ``backends`` (DALI; tensor on in-memory sources; decode-per-view on JPEGs
+    with M > 1) of one source and M."""
     views = build_datasets(cfg, copies=copies)
     single = build_datasets(cfg, copies=1)
     torch_loader = build_train_loader(views.train, LoaderOptions(batch, workers=budget))
-    dali_loader = DaliTrainLoader(
-        single.train, recipe_for(cfg), views.image_size, LoaderOptions(batch, workers=budget, copies=copies)
-    )
-    cases = [Case(source, copies, "torch", torch_loader), Case(source, copies, "dali", dali_loader)]
+    cases = [Case(source, copies, "torch", torch_loader)]
+    if "dali" in backends:
+        options = LoaderOptions(batch, workers=budget, copies=copies)
+        cases.append(
+            Case(source, copies, "dali", DaliTrainLoader(single.train, recipe_for(cfg), views.image_size, options))
+        )
+    if "tensor" in backends and not source.startswith("jpeg"):
+        loader = TensorTrainLoader(single.train, recipe_for(cfg), LoaderOptions(batch, copies=copies))
+        cases.append(Case(source, copies, "tensor", loader, threads=tensor_threads))
     if source.startswith("jpeg") and copies > 1:
         per_view = DecodePerView(single.train.samples, single.train.transform, copies)
         loader = build_train_loader(per_view, LoaderOptions(batch, workers=budget))
@@ -172,29 +202,55 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="torch DataLoader workers = DALI threads")
     parser.add_argument("--cifar-batch", type=int, default=128, help="distinct samples per CIFAR-shaped batch")
     parser.add_argument("--jpeg-batch", type=int, default=32, help="distinct samples per JPEG batch")
+    parser.add_argument("--sources", default="synthetic,jpeg", help="comma-separated: synthetic (32x32), jpeg")
+    parser.add_argument(
+        "--backends", default="torch,dali,tensor", help="comma-separated: torch (always run), dali, tensor"
+    )
+    parser.add_argument(
+        "--tensor-threads",
+        type=int,
+        default=1,
+        help="torch threads while the tensor loader runs (0: the process's); 1 by default: on a busy machine two "
+        "intra-op threads wait on each other, and one thread is less than the workers' budget",
+    )
     args = parser.parse_args()
+    chosen = set(args.sources.split(","))
+    backends = args.backends.split(",")
+    if not chosen <= {"synthetic", "jpeg"} or not set(backends) <= {"torch", "dali", "tensor"}:
+        parser.error(f"unknown --sources {args.sources} or --backends {args.backends}")
 
+    dali = f"DALI {__import__('nvidia.dali').dali.__version__}, " if "dali" in backends else ""
     print(
-        f"torch {torch.__version__}, DALI {__import__('nvidia.dali').dali.__version__}, "
-        f"{torch.get_num_threads()} torch threads; budget: {args.workers} DataLoader workers = "
-        f"{args.workers} DALI threads; best of {args.repeats} epochs after {WARMUP_BATCHES} warm-up batches"
+        f"torch {torch.__version__}, {dali}{torch.get_num_threads()} torch threads, "
+        f"{args.tensor_threads or torch.get_num_threads()} while the tensor loader runs; "
+        f"budget: {args.workers} DataLoader workers = {args.workers} DALI threads; best of {args.repeats} epochs "
+        f"after {WARMUP_BATCHES} warm-up batches"
     )
     print("(CPU only: device=mixed not measured, no GPU)")
     with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:
         root = Path(tmp)
-        start = time.perf_counter()
-        write_jpegs(root, args.jpegs)
-        print(
-            f"wrote {args.jpegs} {JPEG_SIZE}x{JPEG_SIZE} JPEGs (q{JPEG_QUALITY}) in {time.perf_counter() - start:.1f} s"
-        )
-        synthetic = data_config(
-            ["data.dataset=synthetic", f"data.synthetic_train_size={args.images}", "data.synthetic_val_size=64"]
-        )
-        jpeg = data_config(
-            ["data.dataset=imagefolder", f"data.root={root}", "data.image_size=224", "data.val_fraction=0.1"]
-        )
-        sources = [("synthetic 32x32", synthetic, args.cifar_batch), (f"jpeg {JPEG_SIZE}->224", jpeg, args.jpeg_batch)]
-        groups = [make_cases(s, cfg, b, m, args.workers) for s, cfg, b in sources for m in (1, 4)]
+        sources = []
+        if "synthetic" in chosen:
+            synthetic = data_config(
+                ["data.dataset=synthetic", f"data.synthetic_train_size={args.images}", "data.synthetic_val_size=64"]
+            )
+            sources.append(("synthetic 32x32", synthetic, args.cifar_batch))
+        if "jpeg" in chosen:
+            start = time.perf_counter()
+            write_jpegs(root, args.jpegs)
+            print(
+                f"wrote {args.jpegs} {JPEG_SIZE}x{JPEG_SIZE} JPEGs (q{JPEG_QUALITY}) "
+                f"in {time.perf_counter() - start:.1f} s"
+            )
+            jpeg = data_config(
+                ["data.dataset=imagefolder", f"data.root={root}", "data.image_size=224", "data.val_fraction=0.1"]
+            )
+            sources.append((f"jpeg {JPEG_SIZE}->224", jpeg, args.jpeg_batch))
+        groups = [
+            make_cases(s, cfg, b, m, args.workers, backends, args.tensor_threads)
+            for s, cfg, b in sources
+            for m in (1, 4)
+        ]
         cases = [case for group in groups for case in group]
         for case in cases:
             case.warm_up()
@@ -204,24 +260,24 @@ def main() -> None:
 
     print()
     for group in groups:
-        torch_case, dali_case = group[0], group[1]
-        print(
-            f"{torch_case.source} M={torch_case.copies}: torch {torch_case.rate:.0f} img/s | "
-            f"dali {dali_case.rate:.0f} img/s | dali/torch {dali_case.rate / torch_case.rate:.2f}x"
-        )
+        torch_case, others = group[0], [c for c in group[1:] if c.name != "decode per view"]
+        rates = "".join(f" | {c.name} {c.rate:.0f} img/s" for c in others)
+        ratios = "".join(f" | {c.name}/torch {c.rate / torch_case.rate:.2f}x" for c in others)
+        print(f"{torch_case.source} M={torch_case.copies}: torch {torch_case.rate:.0f} img/s{rates}{ratios}")
         for case in group:
             print(case.describe())
     for group in groups:
-        if len(group) == 3:
-            torch_case, dali_case, per_view = group
+        per_view = [c for c in group if c.name == "decode per view"]
+        if per_view and any(c.name == "dali" for c in group):
+            torch_case, dali_case, per_view = group[0], group[1], per_view[0]
             for label, case in (("torch", torch_case), ("dali", dali_case)):
                 print(
                     f"{case.source} M={case.copies}: one decode ({label}) {case.rate:.0f} img/s vs decode per view "
                     f"{per_view.rate:.0f} img/s: {case.rate / per_view.rate:.2f}x"
                 )
     print(
-        "targets: DALI >= 1.5x torch at M = 4; M = 4 from one decode >= 2x decode-per-view on JPEGs "
-        "(CPU only: device=mixed not measured, no GPU)"
+        "targets: DALI >= 1.5x torch at M = 4; M = 4 from one decode >= 2x decode-per-view on JPEGs; "
+        "tensor >= 3x torch on 32x32 arrays at M = 1 and 4 (CPU only: device=mixed not measured, no GPU)"
     )
 
 

@@ -56,7 +56,7 @@ class TensorTrainLoader:
         channels = self.images.shape[1]
         mean = torch.tensor(self.recipe.mean, dtype=torch.float32, device=self.device).view(1, channels, 1, 1)
         std = torch.tensor(self.recipe.std, dtype=torch.float32, device=self.device).view(1, channels, 1, 1)
-        self.mean, self.std = mean, std
+        self.scale, self.shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std as one multiply-add
         self.order: BatchOrder = self.options.batch_order(len(self.dataset))
         self.generator = torch.Generator(device=self.device)
 
@@ -88,7 +88,7 @@ class TensorTrainLoader:
         pad = recipe.pad if recipe.crop == "pad" else 0
         if pad or recipe.flip:
             images = self._crop_flip(images, pad, generator)
-        images = images.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
+        images = images.to(torch.float32).mul_(self.scale).add_(self.shift)
         if recipe.cutout:
             images = self._cutout(images, recipe.cutout, generator)
         return images, self.labels.index_select(0, index)
