@@ -38,7 +38,8 @@ from their own ``last.pt``; phase 3 is recomputed from the replicas' results.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -48,7 +49,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from dist_train import checkpoint
 from dist_train.assemble import build_trainer, build_training_loader, build_val_loader
@@ -123,10 +123,18 @@ def phase2_config(cfg: Config, replica: int, run_dir: Path) -> Config:
 
 @torch.no_grad()
 def average_parameters(module: nn.Module, group: dist.ProcessGroup | None = None) -> None:
-    """Replace every parameter by its mean over the ranks of ``group``: one all-reduce."""
-    flat = parameters_to_vector(module.parameters())
+    """Replace every parameter by its mean over the ranks of ``group``: one all-reduce.
+
+    Copied back in place, so each parameter keeps its memory format (channels_last weights cannot be
+    flattened by ``parameters_to_vector``'s ``view``)."""
+    params = list(module.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
     all_reduce_sum(flat, group)
-    vector_to_parameters(flat / dist.get_world_size(group), module.parameters())
+    flat /= dist.get_world_size(group)
+    offset = 0
+    for p in params:
+        p.copy_(flat[offset : offset + p.numel()].view(p.shape))
+        offset += p.numel()
 
 
 @torch.no_grad()
@@ -135,8 +143,13 @@ def recompute_bn(
     batches: Iterable[tuple[torch.Tensor, Any]],
     device: torch.device,
     group: dist.ProcessGroup | None = None,
+    to_device: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    autocast: Callable[[], Any] | None = None,
 ) -> int:
     """BN running statistics from scratch: the average of per-batch statistics over every rank's batches.
+
+    ``to_device`` and ``autocast`` (the trainer's: memory format, non-blocking copy, bf16) run the forward
+    passes as training ran them; by default the images are copied to ``device`` and run in fp32.
 
     Each rank accumulates a cumulative average over its own batches (momentum None);
     the averages, weighted by their batch counts, are then summed over ``group``. Returns
@@ -149,8 +162,12 @@ def recompute_bn(
         layer.momentum = None
     was_training = module.training
     module.train()
-    for images, _ in batches:
-        module(images.to(device))
+    for images, labels in batches:
+        if to_device is None:
+            module(images.to(device))
+            continue
+        with autocast() if autocast is not None else nullcontext():
+            module(to_device(images, labels)[0])
     # Every forward updates every layer once: one batch count per rank, and one all-reduce for all layers.
     count = float(layers[0].num_batches_tracked) if layers else 0.0
     weighted = [stat.double().flatten() * count for layer in layers for stat in (layer.running_mean, layer.running_var)]
@@ -275,7 +292,9 @@ def run_phase3(cfg: Config, ctx: DistContext, trainer: Trainer, replicas: list[d
     module = trainer.module
     average_parameters(module)
     data = build_datasets(unaugmented(cfg).data)
-    bn_batches = recompute_bn(module, bn_recompute_batches(cfg, ctx, data), ctx.device)
+    bn_batches = recompute_bn(
+        module, bn_recompute_batches(cfg, ctx, data), ctx.device, to_device=trainer.to_device, autocast=trainer.autocast
+    )
     val_loader = build_val_loader(cfg, ctx, data)
     val_loss, val_acc = evaluate(module, val_loader, trainer.to_device, trainer.autocast)
     phase1_info = phase1["phase1"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed import ProcessGroup
 from torch.nn.parallel import DistributedDataParallel
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader
 
 from dist_train import checkpoint
@@ -106,6 +108,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+HOST_READS = frozenset(
+    {"item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__", "__array__", "__format__"}
+)
+"""Tensor methods that bring a value to the host: on a GPU each waits for the device (a synchronisation)."""
+_TORCH_DIR = str(Path(torch.__file__).parent)
+
+
+class HostReadCounter(TorchFunctionMode):
+    """Records the reads of tensor values by the host (``.item()``, ``float(t)``, ``if t:``, ``.tolist()``,
+    ``.cpu()``, ...) made from Python while active: each is a host-device synchronisation on a GPU.
+
+    A debugging aid that works on the CPU too (where such reads cost nothing): install it as
+    :attr:`Trainer.step_guard` to check that training steps make none. Reads inside C++ operators (a GPU
+    ``nonzero``) are not seen; ``torch.cuda.set_sync_debug_mode("error")`` catches those on a GPU.
+    Each read is recorded as ``(label(), "name at file:line")``: ``label`` gives the context (a step), the
+    place is the first caller outside torch (so a read inside a torch function is charged to its caller).
+    """
+
+    def __init__(self, label: Callable[[], Any] = lambda: None) -> None:
+        super().__init__()
+        self.label = label
+        self.reads: list[tuple[Any, str]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            caller = sys._getframe(1)
+            while caller.f_back is not None and caller.f_code.co_filename.startswith(_TORCH_DIR):
+                caller = caller.f_back  # the first frame outside torch: whose code asked for the read
+            self.reads.append((self.label(), f"{name} at {caller.f_code.co_filename}:{caller.f_lineno}"))
+        return func(*args, **(kwargs or {}))
+
+
 @torch.no_grad()
 def evaluate(
     module: nn.Module,
@@ -116,16 +151,18 @@ def evaluate(
 ) -> tuple[float, float]:
     """Loss and accuracy of ``module`` over ``loader``'s shards, summed over the ranks of ``group``."""
     module.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
+    device = next(module.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # summed on the device, read once at the end
     for images, labels in loader:
         images, labels = to_device(images, labels)
         with autocast():
             logits = module(images)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         correct = (logits.argmax(1) == labels).sum()
-        totals += torch.stack([loss.double().cpu(), correct.double().cpu(), torch.tensor(labels.numel()).double()])
-    device = next(module.parameters()).device
-    totals = all_reduce_sum(totals.to(device), group)
+        totals[0] += loss.double()
+        totals[1] += correct.double()
+        totals[2] += labels.numel()
+    totals = all_reduce_sum(totals, group)
     loss_sum, correct_sum, count = totals.tolist()
     return loss_sum / count, correct_sum / count
 
@@ -166,6 +203,9 @@ class Trainer:
         self._partial: EpochProgress | None = None  # where a mid-epoch checkpoint left the current epoch
         self.train_loss = float("nan")  # of the last epoch trained
         self._wrapped: nn.Module | None = None
+        self.step_guard: Callable[[], Any] = nullcontext
+        """Entered around each training step (``train_step`` and the summing of its metrics): a check that
+        a step does not synchronise, e.g. ``torch.cuda.set_sync_debug_mode`` or :class:`HostReadCounter`."""
 
     @property
     def model(self) -> nn.Module:
@@ -209,7 +249,8 @@ class Trainer:
         """One optimizer step over ``grad_accum_steps`` micro-batches.
 
         Returns detached sums (loss × count, correct, count) and the gradient norm
-        (computed only when clipping or logging needs it, else NaN).
+        (computed only when clipping or logging needs it, else NaN), all on the device and
+        none read: a step never waits for the device (nothing here synchronises with it).
         """
         accum = self.cfg.train.grad_accum_steps
         self.optimizer.zero_grad(set_to_none=True)
@@ -234,14 +275,18 @@ class Trainer:
         self.step += 1
         for callback in self.callbacks:
             callback.on_step_end(self)
-        return loss_sum, correct, torch.tensor(count, device=self.ctx.device), grad_norm
+        # torch.full, not torch.tensor(count, device=...): a host-to-device copy of a Python number waits.
+        return loss_sum, correct, torch.full((), count, device=self.ctx.device), grad_norm
 
     def _clip_gradients(self) -> torch.Tensor:
+        """Clip to ``train.grad_clip_norm`` (if set); the global gradient norm, on the device, or NaN when
+        neither clipping nor this step's log needs it. Neither reads the norm (no ``error_if_nonfinite``)."""
         clip = self.cfg.train.grad_clip_norm
-        if clip > 0 or (self.step + 1) % self.cfg.train.log_every == 0:
-            max_norm = clip if clip > 0 else float("inf")
-            return nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
-        return torch.tensor(float("nan"))
+        if clip > 0:
+            return nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+        if (self.step + 1) % self.cfg.train.log_every == 0:
+            return nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+        return torch.full((), float("nan"), device=self.ctx.device)
 
     def _micro_batch_groups(self, epoch: int, done: int = 0) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
         """The epoch's micro-batches, a step's worth at a time, after the first ``done`` steps (not loaded)."""
@@ -254,7 +299,9 @@ class Trainer:
         self.model.train()
         seed_everything(epoch_seed(self.cfg.seed, epoch, self.ctx.rank))
         partial, self._partial = self._partial, None
-        totals = torch.tensor(partial.totals if partial else [0.0] * 3, device=self.ctx.device, dtype=torch.float64)
+        totals = torch.zeros(3, device=self.ctx.device, dtype=torch.float64)
+        if partial:
+            totals += torch.tensor(partial.totals, dtype=torch.float64).to(self.ctx.device)
         steps_per_epoch = self.train_loader.steps_in(epoch)  # fewer in a last, partial epoch
         self.monitor.start_epoch(epoch + 1, steps_per_epoch)
         done_before = partial.steps if partial else 0
@@ -267,22 +314,25 @@ class Trainer:
             self.monitor.advance(partial.steps)
         every = self.cfg.checkpoint.every_steps
         start = time.perf_counter()
+        # Metrics stay on the device: the host reads them only every train.log_every steps, at a mid-epoch
+        # checkpoint and at the epoch's end, so steps queue on the GPU without waiting for each other.
         for index, group in enumerate(groups, start=done_before + 1):
-            loss_sum, correct, count, grad_norm = self.train_step(group)
-            totals += torch.stack([loss_sum.double(), correct.double(), count.double()])
+            with self.step_guard():
+                loss_sum, correct, count, grad_norm = self.train_step(group)
+                totals += torch.stack([loss_sum.double(), correct.double(), count.double()])
             if every and self.step % every == 0 and index < steps_per_epoch:
                 self.save_checkpoint(EpochProgress(index, totals.tolist()))
             if self.step % self.cfg.train.log_every == 0:
-                loss = (loss_sum / count).item()
+                loss, norm = torch.stack([loss_sum / count, grad_norm.to(loss_sum.device)]).tolist()  # one read
                 values = {"train/step_loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
-                if not torch.isnan(grad_norm):
-                    values["train/grad_norm"] = grad_norm.item()
+                if not math.isnan(norm):
+                    values["train/grad_norm"] = norm
                 self.monitor.log(self.step, values, epoch=epoch + 1)
                 self.monitor.advance(self.cfg.train.log_every, loss=loss)
         all_reduce_sum(totals, self.ctx.group)
+        loss_sum, correct, count = totals.tolist()  # waits for the device: the epoch's time includes its work
         seconds = time.perf_counter() - start
         self.monitor.end_epoch()
-        loss_sum, correct, count = totals.tolist()
         trained = count * (steps_per_epoch - done_before) / steps_per_epoch  # images this call trained on
         return EpochResult(loss_sum / count, correct / count, seconds, trained / seconds)
 

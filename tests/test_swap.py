@@ -218,3 +218,33 @@ def test_sigkill_resumes_inside_the_phase(tmp_path, uninterrupted, metrics_dir, 
     final = torch.load(tmp_path / "killed" / "checkpoints" / "swap_final.pt", weights_only=True)["model"]
     for name, value in uninterrupted.items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_average_keeps_channels_last_and_recompute_uses_the_trainers_input_path():
+    """train.channels_last: averaging copies into the parameters in place (parameters_to_vector cannot flatten
+    channels_last weights); the BN recompute feeds images through the given to_device/autocast."""
+    import torch.distributed as dist
+
+    from dist_train.swap import average_parameters
+
+    torch.manual_seed(0)
+    model = build_model("c1", 10, 3, 32, 8).to(memory_format=torch.channels_last)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        average_parameters(model)  # one process: the mean is the value
+    finally:
+        dist.destroy_process_group()
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, before[name], rtol=0, atol=0, msg=name)
+    seen = []
+
+    def to_device(images, labels):
+        seen.append(images.shape)
+        return images.contiguous(memory_format=torch.channels_last), labels
+
+    batches = [(torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)) for _ in range(3)]
+    assert recompute_bn(model, batches, torch.device("cpu"), to_device=to_device) == 3
+    assert len(seen) == 3

@@ -17,7 +17,7 @@ from dist_train.data.loader import LoaderOptions, build_train_loader
 from dist_train.distributed import distributed
 from dist_train.monitor import NullMonitor
 from dist_train.optim import Schedule, build_optimizer, build_scheduler
-from dist_train.trainer import Trainer
+from dist_train.trainer import HostReadCounter, Trainer
 
 
 def linear_trainer(grad_accum_steps: int, batch_size: int = 32, *overrides: str) -> Trainer:
@@ -98,3 +98,52 @@ def test_evaluation_every_n_epochs_and_at_the_end(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "val/acc" in r] == [2, 3]
     assert [r["epoch"] for r in records if "train/loss" in r] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("train.grad_clip_norm=1.0", "bn.ghost_batch_size=8", "train.precision=bf16", "train.channels_last=true"),
+    ],
+    ids=["plain", "clip-ghostbn-bf16-channels_last"],
+)
+def test_steps_read_no_tensor_value_and_metrics_are_read_at_log_steps(tmp_path, overrides):
+    """No training step brings a tensor's value to the host (on a GPU each such read waits for the device):
+    every Python-level read (.item(), float(t), if t:, .tolist(), .cpu(), ...) is recorded by a
+    TorchFunctionMode around each step, including the steps that compute the logged gradient norm. The
+    trainer itself reads metrics only at train.log_every boundaries (one read) and at the epoch's end."""
+    cfg = load_config(None, [*TINY, "train.epochs=1", "train.log_every=4", f"out_dir={tmp_path}", *overrides])
+    with distributed(cfg.device) as ctx:
+        trainer = build_trainer(cfg, ctx)
+        in_steps: list[list] = []
+
+        def guard() -> HostReadCounter:
+            counter = HostReadCounter(lambda: trainer.step)
+            in_steps.append(counter.reads)
+            return counter
+
+        trainer.step_guard = guard
+        whole_epoch = HostReadCounter(lambda: trainer.step)
+        try:
+            with whole_epoch:
+                trainer.train_epoch(0)
+        finally:
+            trainer.monitor.close()
+    assert trainer.step == len(in_steps) == 16
+    assert [reads for reads in in_steps if reads] == []
+    by_trainer = [(step, where) for step, where in whole_epoch.reads if "dist_train/trainer.py" in where]
+    assert [step for step, _ in by_trainer] == [4, 8, 12, 16, 16], by_trainer  # 4 logs, then the epoch's totals
+    assert all(where.startswith("tolist at") for _, where in by_trainer)
+
+
+def test_host_read_counter_sees_every_kind_of_read():
+    t, flag = torch.tensor([1.5]), torch.tensor(True)
+    with HostReadCounter(lambda: "here") as counter:
+        t.item(), t.tolist(), float(t), int(t), t.cpu(), t.numpy(), f"{t[0]:.1f}"
+        if flag:
+            pass
+    names = [where.split(" at ")[0] for _, where in counter.reads]
+    assert names == ["item", "tolist", "__float__", "__int__", "cpu", "numpy", "__format__", "__bool__"]
+    assert {label for label, _ in counter.reads} == {"here"}
+    assert all("test_trainer.py" in where for _, where in counter.reads)

@@ -250,7 +250,11 @@ class TrainLoader:
         sampler.epoch, sampler.start = epoch, start
         self.loader.generator = torch.Generator().manual_seed(epoch_seed(self.order.seed, epoch, self.order.rank))
         for images, labels in self.loader:
-            yield arrange_views(images, labels, self.view_layout) if images.dim() == 5 else (images, labels)
+            if images.dim() == 5:
+                images, labels = arrange_views(images, labels, self.view_layout)
+                if self.loader.pin_memory:  # the arranged copy is not pinned: pin it for a non-blocking copy
+                    images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels
 
 
 def build_train_loader(dataset: Dataset, options: LoaderOptions) -> TrainLoader:
