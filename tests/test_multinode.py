@@ -224,10 +224,10 @@ def signal_all(pids: list[int], number: int) -> None:
             os.kill(pid, number)
 
 
-def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path) -> None:
-    """A 2-node job reaches its time limit: SLURM signals it (USR2, --signal-delay-s before the limit), submitit
-    requeues it, and the requeued job resumes from its last checkpoint to the uninterrupted run's step count.
-    The ranks are paused (SIGSTOP) from the first checkpoint on; SLURM resumes them (SIGCONT) with its signal."""
+@contextlib.contextmanager
+def paused_long_job(tmp_path: Path) -> Iterator[tuple[str, Path, list[int]]]:
+    """Submit the 160-step quickstart on 2 nodes × 2 tasks, wait for its first checkpoint and pause its 4 ranks
+    (SIGSTOP); yield (job id, run directory, rank pids). On exit the ranks get SIGCONT and the job is cancelled."""
     job = job_id_of(
         run_cli(["submit", "--config", "configs/quickstart.yaml", *LONG, *TWO_BY_TWO, f"out_dir={tmp_path}"])
     )
@@ -235,9 +235,20 @@ def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path) -> 
     ranks: list[int] = []
     try:
         wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists(), what="the first checkpoint")
-        ranks = job_ranks(run_dir)
+        ranks.extend(job_ranks(run_dir))
         assert len(ranks) == 4, ranks
         signal_all(ranks, signal.SIGSTOP)
+        yield job, run_dir, ranks
+    finally:
+        signal_all(ranks, signal.SIGCONT)
+        subprocess.run(["scancel", job], capture_output=True)
+
+
+def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path) -> None:
+    """A 2-node job reaches its time limit: SLURM signals it (USR2, --signal-delay-s before the limit), submitit
+    requeues it, and the requeued job resumes from its last checkpoint to the uninterrupted run's step count.
+    The ranks are paused (SIGSTOP) from the first checkpoint on; SLURM resumes them (SIGCONT) with its signal."""
+    with paused_long_job(tmp_path) as (job, run_dir, _):
         # 2 minutes: less than the 90 s of --signal-delay-s remain from 30 s on, so SLURM signals at its first
         # time-limit check after that (it checks every 30 s).
         subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=2"], check=True)
@@ -246,9 +257,6 @@ def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path) -> 
         print(f"SLURM signalled, the job requeued {time.monotonic() - limited:.0f} s after the limit was lowered")
         subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True)
         wait_until(lambda: job not in queued_jobs(), what=f"job {job} to finish")
-    finally:
-        signal_all(ranks, signal.SIGCONT)
-        subprocess.run(["scancel", job], capture_output=True)
     rank0 = next((run_dir / "slurm").glob("*_0_log.out")).read_text()
     assert "Calling checkpoint method" in rank0, rank0[-3000:]
     _, resumed = starts(run_dir)
@@ -266,44 +274,45 @@ def requeued_or_ended(job: str) -> bool:
     return int(info.get("Restarts", 0)) >= 1 or info.get("JobState") in ENDED
 
 
+def step_daemons(job: str) -> list[str]:
+    """Pids of the slurmstepd processes of ``job`` still alive on this machine (on any node)."""
+    found = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."], capture_output=True, text=True)
+    return found.stdout.split()
+
+
 def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path) -> None:
     """node1's slurmd dies mid-run: SLURM sets the node down and requeues the job; no rank outlives the job by
     more than dist.timeout_s, the checkpoint stays readable, and once the node is back the job resumes and ends
     with the uninterrupted run's step count. The ranks are paused (SIGSTOP) from the kill until SLURM has acted,
     then let go: those SLURM did not kill must find their peers gone and stop by themselves."""
-    job = job_id_of(
-        run_cli(["submit", "--config", "configs/quickstart.yaml", *LONG, *TWO_BY_TWO, f"out_dir={tmp_path}"])
-    )
-    run_dir = tmp_path / "quickstart"
     pid_file = SLURM_STATE / "slurmd-node1.pid"
-    ranks: list[int] = []
     try:
-        wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists(), what="the first checkpoint")
-        ranks = job_ranks(run_dir)
-        assert len(ranks) == 4, ranks
-        signal_all(ranks, signal.SIGSTOP)
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        killed = time.monotonic()
-        wait_until(lambda: requeued_or_ended(job), timeout=180, what="SLURM to set node1 down, requeue or end the job")
-        noticed = time.monotonic()
-        signal_all(ranks, signal.SIGCONT)
-        wait_until(lambda: not job_ranks(run_dir), timeout=60 + 30, what="every rank to exit")  # dist.timeout_s
-        ranks_gone = time.monotonic()
-        state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-        assert 0 < state["step"] < 160
-        subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], check=True, capture_output=True)
-        assert job_info(job).get("JobState") not in ENDED, job_info(job)  # requeued, not failed
-        wait_until(lambda: job_info(job).get("JobState") != "COMPLETING", what=f"job {job} to be pending")
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-        wait_until(lambda: job not in queued_jobs(), timeout=400, what=f"job {job} to finish")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["steps"] == 160
-        resumed = starts(run_dir)[-1]
-        assert resumed["resumed_from"].endswith("last.pt") and resumed["step"] == state["step"]
+        with paused_long_job(tmp_path) as (job, run_dir, ranks):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            killed = time.monotonic()
+            wait_until(
+                lambda: requeued_or_ended(job), timeout=180, what="SLURM to set node1 down, requeue or end the job"
+            )
+            noticed = time.monotonic()
+            signal_all(ranks, signal.SIGCONT)
+            wait_until(lambda: not job_ranks(run_dir), timeout=60 + 30, what="every rank to exit")  # dist.timeout_s
+            ranks_gone = time.monotonic()
+            state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+            assert 0 < state["step"] < 160
+            subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], check=True, capture_output=True)
+            assert job_info(job).get("JobState") not in ENDED, job_info(job)  # requeued, not failed
+            wait_until(lambda: job_info(job).get("JobState") != "COMPLETING", what=f"job {job} to be pending")
+            # node1's step daemon of the first run may still be ending: a step of the same id launched there
+            # meanwhile is aborted by SLURM (the requeued job then fails), so let it go first.
+            wait_until(lambda: not step_daemons(job), timeout=120, what=f"job {job}'s old slurmstepd to exit")
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            wait_until(lambda: job not in queued_jobs(), timeout=400, what=f"job {job} to finish")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            assert summary["steps"] == 160
+            resumed = starts(run_dir)[-1]
+            assert resumed["resumed_from"].endswith("last.pt") and resumed["step"] == state["step"]
     finally:
-        signal_all(ranks, signal.SIGCONT)
-        subprocess.run(["scancel", job], capture_output=True)
-        subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], capture_output=True)
+        subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], capture_output=True)  # back up in any case
     print(f"SLURM noticed after {noticed - killed:.0f} s; every rank gone {ranks_gone - noticed:.0f} s later")
 
 
