@@ -159,4 +159,5 @@ def test_one_pipeline_serves_every_epoch(dali):
     assert loader.runner.pipe is pipe
     images, labels = first[0]
     assert images.shape == (8, 3, 32, 32) and torch.equal(labels[0::2], labels[1::2])  # sample-major views
+    assert images.is_contiguous(memory_format=torch.channels_last)  # as the pipeline wrote them (HWC)
     assert not torch.equal(images[0], images[1])  # each view its own draws

@@ -92,7 +92,8 @@ class _Source:
 @dataclass
 class _Runner:
     """One pipeline, built on first use and kept: fed micro-batch by micro-batch, AHEAD of the one handed
-    out; its M view outputs gathered into (n·M, C, H, W) float32 images in ``layout``."""
+    out; its M view outputs gathered into (n·M, C, H, W) float32 images in ``layout``, stored channels_last
+    (the pipeline writes HWC, so no transposing copy is made)."""
 
     graph: Graph
     batch_size: int
@@ -147,16 +148,15 @@ class _Runner:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         views = [output.as_tensor() for output in outputs]
-        shape = views[0].shape()
         gpu = self.device_id is not None
         device = torch.device("cuda", self.device_id) if gpu else torch.device("cpu")
-        images = torch.empty((len(views), *shape), dtype=torch.float32, device=device)
+        images = torch.empty((len(views), *views[0].shape()), dtype=torch.float32, device=device)  # M, n, H, W, C
         stream = torch.cuda.current_stream(device) if gpu else None
         for m, view in enumerate(views):
             feed_ndarray(view, images[m], cuda_stream=stream)
         if self.layout == "sample_major":
-            images = images.transpose(0, 1)
-        return images.reshape(-1, *shape[1:])
+            images = images.transpose(0, 1).contiguous()
+        return images.flatten(0, 1).permute(0, 3, 1, 2)  # N, C, H, W in channels_last memory format
 
     def _repeat(self, labels: torch.Tensor) -> torch.Tensor:
         copies = self.graph.copies

@@ -141,7 +141,7 @@ class Graph:
 
     def build(self, dali: Any, batch_size: int, threads: int, device_id: int | None) -> Any:
         """The pipeline: inputs ``data`` (a batch of files or HWC arrays) and ``params`` (n, copies, PARAMS);
-        outputs the ``copies`` views, float32 CHW."""
+        outputs the ``copies`` views, float32 HWC."""
         fn, types = dali.fn, dali.types
         gpu = device_id is not None
         device = "gpu" if gpu else "cpu"
@@ -187,7 +187,7 @@ class Graph:
                     mean=[255 * v for v in self.recipe.mean],
                     std=[255 * v for v in self.recipe.std],
                     dtype=types.FLOAT,
-                    output_layout="CHW",
+                    output_layout="HWC",  # DALI's CPU normalisation writes CHW at half the speed
                     device=device,
                 )
                 if self.recipe.cutout:  # fn.erase clips the square at the borders
