@@ -172,6 +172,12 @@ def test_imagefolder_is_refused_in_one_line():
     )
 
 
+def test_resized_crop_is_refused():
+    cfg = load_config(None, ["data.crop=resized"])
+    with pytest.raises(ConfigError, match=r"does not do data\.crop=resized"):
+        TensorTrainLoader(pixel_images(8, 4), recipe_for(cfg.data), LoaderOptions(2))
+
+
 def test_assemble_and_swap_bn_recompute_use_it():
     """The run's loader builder returns the tensor loader (views made by it, not the dataset); SWAP's BN
     recompute takes unaugmented batches from it, equal to the torch backend's."""

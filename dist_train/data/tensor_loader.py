@@ -72,7 +72,10 @@ class TensorTrainLoader:
         batches = self.order.micro_batches(epoch)[start:]
         if not batches:
             return
-        indices = torch.tensor(batches, dtype=torch.int64).to(self.device, non_blocking=True)
+        indices = torch.tensor(batches, dtype=torch.int64)
+        if self.device.type == "cuda":  # one asynchronous copy per epoch
+            indices = indices.pin_memory()
+        indices = indices.to(self.device, non_blocking=True)
         copies = self.options.copies
         if copies > 1:  # each sample's M views, laid out as arrange_views does
             copy_major = self.options.view_layout == "copy_major"
