@@ -11,6 +11,10 @@ channels_last on synthetic data already on the GPU.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # torch's profiler (kineto) prints USDT/ERROR lines otherwise
+
 import argparse
 import statistics
 import tempfile
