@@ -23,7 +23,8 @@ The tensor backend (``data.backend=tensor``, in-memory sources only) keeps the s
 device (here CPU memory) and makes each batch in the training process with whole-batch tensor ops; its
 budget is torch threads of the training process (``--tensor-threads``, 1 by default: less than the
 workers'), not worker processes. ``--sources`` and ``--backends``
-pick the rows (ratios are printed against torch, which is then always measured).
+pick the rows (ratios are printed against torch, which is then always measured). ``--device cuda`` puts the
+tensor loader's split on the GPU and copies the other loaders' (pinned) batches there, as the trainer does.
 
 The loop only iterates ``loader.epoch(e)`` and reads one element of each micro-batch (no model). A timed
 unit is one whole epoch, so each backend's per-epoch start-up (worker processes, pipeline build) is counted
@@ -108,6 +109,8 @@ class Case:
     images: int = 0
     threads: int = 0
     """torch threads of this process while this loader runs (0: unchanged)."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where the loop takes the batches (copied there as the trainer does; on CUDA one sync per epoch)."""
 
     @contextmanager
     def budget(self) -> Iterator[None]:
@@ -118,12 +121,24 @@ class Case:
         finally:
             torch.set_num_threads(before)
 
+    def consume(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.device.type == "cpu":
+            touch(images, labels)
+        else:  # what Trainer.to_device does (a no-op for the tensor loader's batches)
+            images.to(self.device, non_blocking=True)
+            labels.to(self.device, non_blocking=True)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def warm_up(self) -> None:
         with self.budget():
             for index, (images, labels) in enumerate(self.loader.epoch(0)):
-                touch(images, labels)
+                self.consume(images, labels)
                 if index + 1 == WARMUP_BATCHES:
                     break
+            self.sync()
 
     def run_epoch(self, epoch: int) -> None:
         images_seen = 0
@@ -131,10 +146,11 @@ class Case:
         with self.budget():
             start = time.perf_counter()
             for images, labels in self.loader.epoch(epoch):
-                touch(images, labels)
+                self.consume(images, labels)
                 images_seen += images.shape[0]
                 if first is None:
                     first = time.perf_counter() - start
+            self.sync()
             self.seconds.append(time.perf_counter() - start)
         self.first_batch.append(first or 0.0)
         self.images = images_seen
@@ -169,13 +185,22 @@ def data_config(overrides: list[str]) -> DataConfig:
 
 
 def make_cases(
-    source: str, cfg: DataConfig, batch: int, copies: int, budget: int, backends: list[str], tensor_threads: int = 0
+    source: str,
+    cfg: DataConfig,
+    batch: int,
+    copies: int,
+    budget: int,
+    backends: list[str],
+    tensor_threads: int = 0,
+    device: torch.device | None = None,
 ) -> list[Case]:
     """The torch loader, then those of ``backends`` (DALI; tensor on in-memory sources; decode-per-view on JPEGs
-    with M > 1) of one source and M."""
+    with M > 1) of one source and M, delivering to ``device`` (default: the CPU)."""
+    device = device or torch.device("cpu")
+    pin = device.type == "cuda"
     views = build_datasets(cfg, copies=copies)
     single = build_datasets(cfg, copies=1)
-    torch_loader = build_train_loader(views.train, LoaderOptions(batch, workers=budget))
+    torch_loader = build_train_loader(views.train, LoaderOptions(batch, workers=budget, pin_memory=pin))
     cases = [Case(source, copies, "torch", torch_loader)]
     if "dali" in backends:
         options = LoaderOptions(batch, workers=budget, copies=copies)
@@ -183,13 +208,14 @@ def make_cases(
             Case(source, copies, "dali", DaliTrainLoader(single.train, recipe_for(cfg), views.image_size, options))
         )
     if "tensor" in backends and not source.startswith("jpeg"):
-        loader = TensorTrainLoader(single.train, recipe_for(cfg), LoaderOptions(batch, copies=copies))
+        loader = TensorTrainLoader(single.train, recipe_for(cfg), LoaderOptions(batch, copies=copies), device)
         cases.append(Case(source, copies, "tensor", loader, threads=tensor_threads))
     if source.startswith("jpeg") and copies > 1:
         per_view = DecodePerView(single.train.samples, single.train.transform, copies)
-        loader = build_train_loader(per_view, LoaderOptions(batch, workers=budget))
+        loader = build_train_loader(per_view, LoaderOptions(batch, workers=budget, pin_memory=pin))
         cases.append(Case(source, copies, "decode per view", loader))
     for case in cases:
+        case.device = device
         check_batch(case, batch)
     return cases
 
@@ -213,7 +239,14 @@ def main() -> None:
         help="torch threads while the tensor loader runs (0: the process's); 1 by default: on a busy machine two "
         "intra-op threads wait on each other, and one thread is less than the workers' budget",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the loop takes the batches: cpu, or cuda (the tensor loader's split lives there; the others' "
+        "pinned batches are copied there; DALI still runs CPU operators)",
+    )
     args = parser.parse_args()
+    device = torch.device(args.device)
     chosen = set(args.sources.split(","))
     backends = args.backends.split(",")
     if not chosen <= {"synthetic", "jpeg"} or not set(backends) <= {"torch", "dali", "tensor"}:
@@ -226,7 +259,10 @@ def main() -> None:
         f"budget: {args.workers} DataLoader workers = {args.workers} DALI threads; best of {args.repeats} epochs "
         f"after {WARMUP_BATCHES} warm-up batches"
     )
-    print("(CPU only: device=mixed not measured, no GPU)")
+    if device.type == "cpu":
+        print("(CPU only: device=mixed not measured, no GPU)")
+    else:
+        print(f"(batches delivered to {device}; DALI runs CPU operators: device=mixed not measured)")
     with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:
         root = Path(tmp)
         sources = []
@@ -247,7 +283,7 @@ def main() -> None:
             )
             sources.append((f"jpeg {JPEG_SIZE}->224", jpeg, args.jpeg_batch))
         groups = [
-            make_cases(s, cfg, b, m, args.workers, backends, args.tensor_threads)
+            make_cases(s, cfg, b, m, args.workers, backends, args.tensor_threads, device)
             for s, cfg, b in sources
             for m in (1, 4)
         ]
