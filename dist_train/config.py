@@ -250,8 +250,8 @@ class CheckpointConfig:
     every_steps: int = 0
     """Also write it every N optimizer steps inside an epoch (long epochs, preemptible jobs); 0 = off.
     Resuming from such a checkpoint starts the epoch's data at that step, skipping the samples before it
-    without reading them, and the run continues exactly as if it had not stopped (with DALI, as long as
-    every_steps is the same as when the checkpoint was written: its pipelines are reseeded there)."""
+    without reading them, and the run continues exactly as if it had not stopped (a micro-batch's
+    augmentation never depends on the batches before it: dist_train/data/loader.py)."""
 
 
 @dataclass
