@@ -143,7 +143,7 @@ SIZES = {
             "environment": 60,
             "sync_check": 60,
             "trainer_eager": 60,
-            "gbn": 60,
+            "gbn": 90,
             "ghost_bn_bench": 60,
             "loaders": 60,
             "quickstart_nccl": 60,
@@ -318,7 +318,7 @@ def minimal_images_per_s(size: Size, device: str, compiled: bool) -> float:
     if is_cuda(device):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = build_model(size.model, size.classes, 3, size.image, size.width or None).to(dev)
+    model = build_model(size.model, size.classes, 3, size.image, size.width).to(dev)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     forward = torch.compile(model) if compiled else model
@@ -398,7 +398,7 @@ def section_trainer_compiled(size: Size, device: str, smallest: bool, timeout: f
 
 def section_gbn(size: Size, device: str, smallest: bool, timeout: float) -> dict:
     start = time.perf_counter()
-    bn, how = trainer_images_per_s(size, device, "bn", timeout / 2, "bn.ghost_batch_size=0")
+    bn, how = trainer_images_per_s(size, device, "bn", timeout * 0.55, "bn.ghost_batch_size=0")
     left = timeout - (time.perf_counter() - start)
     ghost, _ = trainer_images_per_s(size, device, "gbn", left, f"bn.ghost_batch_size={size.ghost}")
     slowdown = bn / ghost
@@ -466,8 +466,11 @@ def check_steps(size: Size, device: str, ghost: int) -> list[dict]:
                 try:
                     trainer.train_epoch(1)
                 except RuntimeError as e:
-                    error = str(e).strip().splitlines()[0][:300]
-                    error += f" (step {trainer.step + 1}; {traceback.extract_tb(e.__traceback__)[-2].name})"
+                    package = REPO / "dist_train"
+                    frames = traceback.extract_tb(e.__traceback__)
+                    ours = [f for f in frames if Path(f.filename).is_relative_to(package)]
+                    where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "?"
+                    error = f"{str(e).strip().splitlines()[0][:300]} (step {trainer.step + 1}, {where})"
             finally:
                 trainer.monitor.close()
     reads = [read for counter in counters for read in counter.reads]
@@ -507,11 +510,14 @@ def run_bench_script(script: str, args: list[str], timeout: float) -> dict:
 
 
 def section_ghost_bn_bench(size: Size, device: str, smallest: bool, timeout: float) -> dict:
-    if not is_cuda(device):
-        return {"status": "skipped: ResNet-50 BN shapes are measured on the GPU (CPU: python bench/ghost_bn.py)"}
-    return run_bench_script(
-        "bench/ghost_bn.py", ["--shapes", "resnet50", "--device", "cuda", "--repeats", "3"], timeout
-    )
+    """bench/ghost_bn.py at ResNet-50's BN shapes: batch 256 on the GPU; batch 32, one round, on a CPU."""
+    if smallest:
+        return {"status": "skipped: --smallest (CPU: bench/ghost_bn.py --shapes resnet50 runs with --cpu)"}
+    if is_cuda(device):
+        args = ["--shapes", "resnet50", "--device", "cuda", "--repeats", "3"]
+    else:
+        args = ["--shapes", "resnet50", "--device", "cpu", "--batch", "32", "--repeats", "1", "--iters", "1"]
+    return run_bench_script("bench/ghost_bn.py", args, timeout)
 
 
 def section_loaders(size: Size, device: str, smallest: bool, timeout: float) -> dict:
@@ -725,7 +731,7 @@ def main() -> None:
 
 def run_section_child(name: str, mode: str, device: str, timeout: float, result_path: Path) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--mode", mode]
-    command += ["--device", device, "--timeout", str(timeout), "--result", str(result_path)]
+    command += ["--device", device, "--timeout", str(timeout - 3), "--result", str(result_path)]
     start = time.perf_counter()
     try:
         process = run_command(command, timeout)
