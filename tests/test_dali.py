@@ -161,3 +161,21 @@ def test_one_pipeline_serves_every_epoch(dali):
     assert images.shape == (8, 3, 32, 32) and torch.equal(labels[0::2], labels[1::2])  # sample-major views
     assert images.is_contiguous(memory_format=torch.channels_last)  # as the pipeline wrote them (HWC)
     assert not torch.equal(images[0], images[1])  # each view its own draws
+
+
+def test_one_epoch_at_a_time(dali):
+    """An epoch started while another is being iterated takes the pipeline over: the older one stops with a
+    clear error (it cannot take the newer one's batches), and the newer one is whole."""
+    from dist_train.data.dali import DaliTrainLoader
+
+    cfg = load_config(None, ["data.synthetic_train_size=40", "data.synthetic_val_size=8"])
+    data = build_datasets(cfg.data)
+    loader = DaliTrainLoader(data.train, recipe_for(cfg.data), data.image_size, LoaderOptions(4, seed=1))
+    want = list(loader.epoch(1))
+    older = loader.epoch(0)
+    next(older)
+    newer = list(loader.epoch(1))
+    with pytest.raises(RuntimeError, match="one epoch at a time"):
+        next(older)
+    del older
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(newer, want, strict=True)) and len(newer) == 10

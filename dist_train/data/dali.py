@@ -103,8 +103,13 @@ class _Runner:
     pipe: Any = None
     pending: deque[torch.Tensor] = field(default_factory=deque)
     """Labels of the micro-batches scheduled and not yet taken out."""
+    runs: int = 0
+    """Runs started: only the latest one may use the pipeline (one epoch at a time)."""
 
     def run(self, feeds: Iterable[Feed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of ``feeds``; a run started later ends this one (the pipeline serves one at a time)."""
+        self.runs += 1
+        mine = self.runs
         if self.pipe is None:
             self.pipe = self.graph.build(import_dali(), self.batch_size, self.threads, self.device_id)
         self._drain()
@@ -112,18 +117,24 @@ class _Runner:
         try:
             for _ in range(AHEAD):
                 self._schedule(feeds)
-            while self.pending:
+            while True:
+                if self.runs != mine:
+                    raise RuntimeError("a DALI loader serves one epoch at a time: this one was left for a newer one")
+                if not self.pending:
+                    break
                 outputs = self.pipe.outputs()
                 labels = self.pending.popleft()
                 images = self._gather(outputs)
                 self._schedule(feeds)
                 yield images, self._repeat(labels)
         except Exception:
-            self.pipe = None  # a failed pipeline is not valid any more: the next epoch builds a new one
-            self.pending.clear()
+            if self.runs == mine:  # a failed pipeline is not valid any more: the next epoch builds a new one
+                self.pipe = None
+                self.pending.clear()
             raise
         finally:
-            self._drain()  # an epoch left early: its scheduled micro-batches are made and dropped
+            if self.runs == mine:
+                self._drain()  # an epoch left early: its scheduled micro-batches are made and dropped
 
     def _schedule(self, feeds: Iterator[Feed]) -> None:
         item = next(feeds, None)
