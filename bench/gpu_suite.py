@@ -40,7 +40,9 @@ import os
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # torch's profiler (kineto) prints USDT/ERROR lines otherwise
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
 import re
 import signal
@@ -449,7 +451,8 @@ def check_steps(size: Size, device: str, ghost: int) -> list[dict]:
         overrides = run_config(size, device, f"bn.ghost_batch_size={ghost}", "train.log_every=5", "train.epochs=2")
         cfg = load_config(None, [*overrides, f"out_dir={out}", "name=sync"])
         with distributed(cfg.device) as ctx:
-            trainer = build_trainer(cfg, ctx)
+            with contextlib.redirect_stdout(io.StringIO()):  # the run's start-up lines
+                trainer = build_trainer(cfg, ctx)
             try:
                 trainer.train_epoch(0)  # warm-up: cudnn autotuning and first allocations may synchronise
                 counters: list[HostReadCounter] = []

@@ -16,6 +16,8 @@ import os
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # torch's profiler (kineto) prints USDT/ERROR lines otherwise
 
 import argparse
+import contextlib
+import io
 import statistics
 import tempfile
 import time
@@ -63,7 +65,8 @@ def compare_on_cpu(steps: int, rounds: int, batch: int, width: int) -> None:
     ]
     with tempfile.TemporaryDirectory() as out, distributed("cpu") as ctx:
         cfg = load_config(None, [*overrides, f"out_dir={out}", "name=bench"])
-        trainer = build_trainer(cfg, ctx)
+        with contextlib.redirect_stdout(io.StringIO()):  # the run's start-up lines: only the figures are printed
+            trainer = build_trainer(cfg, ctx)
 
         seed_everything(cfg.seed)
         data = build_datasets(cfg.data)
