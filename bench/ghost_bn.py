@@ -3,6 +3,7 @@
     python bench/ghost_bn.py                          # CPU, plus CUDA when available
     python bench/ghost_bn.py --device cpu --repeats 5 --iters 3
     python bench/ghost_bn.py --device cpu --threads 1  # on a shared machine: fewer threads, less waiting on others
+    OMP_WAIT_POLICY=PASSIVE python bench/ghost_bn.py --device cpu  # shared machine, 2 threads that do not spin
     python bench/ghost_bn.py --device cuda --repeats 7 --iters 20
     python bench/ghost_bn.py --device cuda --shapes resnet50   # the BN shapes of ResNet-50 at batch 256
 
@@ -23,6 +24,10 @@ fp32, and on CUDA also bf16 (bf16 input under ``torch.autocast("cuda", dtype=tor
 After warm-up, each module runs ``--repeats`` rounds of ``--iters`` iterations, interleaved (A B C, then
 C B A, ...) so that no module always runs on caches warmed by another; the best round's per-iteration
 time is reported (other processes only ever add time; CUDA: timed with CUDA events, synchronised).
+
+Under CPU load, OpenMP worker threads that spin at each parallel region's barrier while the OS runs
+other processes can make code with many short regions (Ghost BN's per-ghost kernels, the chunk loop)
+look several times slower than it is; ``OMP_WAIT_POLICY=PASSIVE`` or ``--threads 1`` avoids that.
 
 Peak memory of one forward+backward, excluding the input, grad_output and parameters (all allocated
 beforehand) and with all .grad fields cleared first:
@@ -361,7 +366,10 @@ def main() -> None:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, repeats {args.repeats}")
     if "cpu" in devices and load > 0.5 * cores:
-        print(f"warning: load average {load:.1f} on {cores} cores: other processes compete, CPU timings are noisy")
+        print(
+            f"warning: load average {load:.1f} on {cores} cores: other processes compete, CPU timings are noisy "
+            "(--threads 1 or OMP_WAIT_POLICY=PASSIVE steady them)"
+        )
     results: dict[Case, Result] = {}
     for case in cases:
         on_cuda = case.device == "cuda"

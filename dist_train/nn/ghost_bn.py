@@ -20,12 +20,16 @@ separately, with no split, cat or gathering of gradient chunks. Three implementa
 * Under ``torch.compile``: plain differentiable ops, traced into one graph without breaks (autograd
   derives the backward, inductor fuses it).
 
-Measured on CPU (2 cores, heavily shared, so best-of-N, interleaved; single-thread runs least disturbed),
-forward+backward at (256, 64, 32, 32) fp32, ghost 16, relative to BatchNorm2d: per-ghost ATen kernels
-1.00× contiguous and 1.12× channels_last; the vectorised Function made two-pass 1.33× and 1.54×;
-the former one-pass Function 1.61× and 1.69×; the chunk loop (split, F.batch_norm, cat) 1.22× and 1.26×.
-Peak memory (CPU allocator, excluding input and grad_output): BatchNorm2d 3 units of x's size, per-ghost
-kernels 2 + 2/G (the backward's ``out=`` overload copies its result; one ghost calls BN's backward as is).
+Measured on CPU (2 shared cores under load 5-10: best-of-N, interleaved, so ratios only), forward+backward
+of (256, 64, 32, 32) fp32 at ghost 16, time relative to BatchNorm2d, contiguous / channels_last, one thread:
+per-ghost ATen kernels 1.00× / 1.12×; the vectorised Function made two-pass 1.33× / 1.54×; the former
+one-pass Function 1.61× / 1.69×; the chunk loop (split, F.batch_norm, cat) 1.22× / 1.26×. The per-ghost
+kernels won. Two threads on the loaded machine: 0.92-1.20× BN with ``OMP_WAIT_POLICY=PASSIVE``, but
+1.8-4.0× with OpenMP's default spinning barriers (many short parallel regions, where BN has a few long ones).
+Peak memory (CPU allocator, input and grad_output excluded): BatchNorm2d 3× the input's size, per-ghost
+kernels 2 + 2·(largest ghost)/batch (the backward's ``out=`` overload computes into a temporary and copies;
+one ghost calls BatchNorm's backward as is): at most BatchNorm's unless one of two ghosts holds over half the
+batch (1.2× BatchNorm's past 80%, e.g. batch 34 at ghost 32: 1.3×).
 Eval mode is ``F.batch_norm`` with the running statistics. Modules subclass BatchNorm, so parameters,
 buffers and state_dict keys are BatchNorm's: checkpoints move both ways.
 
