@@ -12,7 +12,8 @@ grad_output (``y.backward(grad)``):
 
 1. ``torch.nn.BatchNorm2d`` — the baseline;
 2. ``dist_train.nn.ghost_bn.GhostBatchNorm2d(C, ghost)`` — statistics over ghost batches (on CPU ATen's
-   batch-norm kernels per ghost into one buffer, on CUDA one vectorised op);
+   batch-norm kernels per ghost into one buffer, on CUDA one vectorised op; CUDA lines also time the
+   per-ghost kernels there, as "per-ghost kernels", for comparison);
 3. a chunk-loop ghost BN defined here, the way earlier libraries do it: ``x.split(ghost)``,
    ``F.batch_norm`` (training mode, running stats) on each chunk in a Python loop, ``torch.cat``.
 
@@ -297,7 +298,21 @@ def run_case(case: Case, warmup: int, repeats: int, iters: int) -> Result:
         "ghost": GhostBatchNorm2d(channels, case.ghost),
         "loop": ChunkLoopGhostBatchNorm2d(channels, case.ghost),
     }
-    steps = {name: Workload(module.to(case.device).train(), x, grad, autocast) for name, module in modules.items()}
+    if case.device == "cuda":  # also the CPU implementation (ATen's kernels per ghost), for comparison
+        modules["per-ghost"] = GhostBatchNorm2d(channels, case.ghost)
+        modules["per-ghost"]._implementation = "chunks"
+    steps = {}
+    per_ghost_error = None
+    for name, module in modules.items():
+        try:
+            steps[name] = Workload(module.to(case.device).train(), x, grad, autocast)
+            if name == "per-ghost":
+                steps[name]()  # the optional comparison must not stop the bench: check it runs (fwd+bwd) first
+        except RuntimeError as error:
+            if name != "per-ghost":
+                raise
+            steps.pop(name, None)
+            per_ghost_error = str(error).splitlines()[0][:120]
     times = time_interleaved(steps, case.device, warmup, repeats, iters)
     peaks = {name: peak_memory(steps[name], case.device) for name in ("BN", "ghost")}
 
@@ -308,6 +323,10 @@ def run_case(case: Case, warmup: int, repeats: int, iters: int) -> Result:
         f"{case.label()}: BN {fmt_ms(times['BN'])} | ghost {fmt_ms(times['ghost'])} ({slowdown:.2f}× BN)"
         f" | chunk loop {fmt_ms(times['loop'])} (ghost is {speedup:.2f}× faster) | peak mem ghost/BN {mem_ratio:.2f}×"
     )
+    if "per-ghost" in times:
+        line += f" | per-ghost kernels {fmt_ms(times['per-ghost'])} ({times['per-ghost'] / times['BN']:.2f}× BN)"
+    elif per_ghost_error:
+        line += f" | per-ghost kernels failed: {per_ghost_error}"
     misses = []
     on_cuda = case.device == "cuda"
     if slowdown > (GPU_SLOWDOWN_TARGET if on_cuda else CPU_SLOWDOWN_TARGET):
