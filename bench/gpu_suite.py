@@ -541,7 +541,8 @@ def section_ghost_bn_bench(size: Size, device: str, smallest: bool, timeout: flo
 def section_loaders(size: Size, device: str, smallest: bool, timeout: float) -> dict:
     """bench/loaders.py on CIFAR-shaped data: the tensor backend against the torch DataLoader (and DALI's CPU
     pipeline when DALI is importable), M = 1 and 4."""
-    backends = "torch,tensor" + (",dali" if importlib.util.find_spec("nvidia.dali") else "")
+    dali = not smallest and importlib.util.find_spec("nvidia.dali") is not None
+    backends = "torch,tensor" + (",dali" if dali else "")
     args = ["--sources", "synthetic", "--backends", backends]
     if smallest:
         args += ["--images", "512", "--repeats", "1", "--cifar-batch", "32"]
