@@ -43,6 +43,7 @@ from common import (
     finished,
     mean_std,
     parse,
+    plt,
     release_stale_lock,
     run,
     write_results,
@@ -256,6 +257,33 @@ def table(spec: DataSpec, results: dict[str, Any], args: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(spec: DataSpec, results: dict[str, Any], path: Path) -> None:
+    """Validation accuracy (mean ± std over seeds) against sequential updates, one point per method."""
+    swap = results["SWAP"]
+    points = {
+        "SB": ([r["steps"] for r in results["SB"]], [r["val_acc"] for r in results["SB"]]),
+        "LB, SWAP's wall time": ([r["steps"] for r in results["LB"]], [r["val_acc"] for r in results["LB"]]),
+        "SWAP phase 1 alone": ([r["phase1"]["steps"] for r in swap], [r["phase1"]["val_acc"] for r in swap]),
+        "SWAP replicas (mean)": ([r["sequential_steps"] for r in swap], [r["replica_mean_val_acc"] for r in swap]),
+        "SWAP (averaged)": ([r["sequential_steps"] for r in swap], [r["val_acc"] for r in swap]),
+    }
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, (steps, accuracy) in points.items():
+        spread = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
+        axis.errorbar(
+            statistics.mean(steps), 100 * statistics.mean(accuracy), yerr=100 * spread, fmt="o", capsize=4, label=name
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("sequential updates (log scale)")
+    axis.set_ylabel("validation accuracy % (mean ± std over seeds)")
+    axis.set_title(f"SWAP, {spec.description.split(' (')[0]}")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(experiment: Swap) -> None:
     parser = experiment_parser(experiment.doc)
     parser.add_argument("--small-batch", type=int, default=32)
@@ -277,6 +305,7 @@ def main(experiment: Swap) -> None:
     results = run_all(experiment.spec, args, args.runs / stem)
     results["settings"] = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     write_results(args.out, stem, table(experiment.spec, results, args), results)
+    plot(experiment.spec, results, args.out / f"{stem}.png")
 
 
 if __name__ == "__main__":
