@@ -24,6 +24,7 @@ from dist_train import checkpoint
 from dist_train.config import Config, to_dict, to_yaml
 from dist_train.data import DatasetSplits, build_datasets
 from dist_train.data.loader import LoaderOptions, TrainLoader, build_eval_loader, build_train_loader, micro_batch_size
+from dist_train.data.tensor_loader import IN_MEMORY
 from dist_train.data.transforms import recipe_for
 from dist_train.diffusion import WeightDistance
 from dist_train.distributed import DistContext, agree
@@ -125,6 +126,16 @@ def loader_options(cfg: Config, ctx: DistContext, micro_batch: int) -> LoaderOpt
     )
 
 
+def resolve_data_backend(cfg: Config, device: torch.device) -> None:
+    """Make ``data.backend: auto`` concrete for this run: the tensor loader for an in-memory data set on a GPU
+    (the whole split in GPU memory, no loader workers), the torch DataLoader otherwise (on a CPU its worker
+    processes load while the training process computes)."""
+    if cfg.data.backend != "auto":
+        return
+    in_memory = cfg.data.dataset in IN_MEMORY and recipe_for(cfg.data).crop in ("pad", "none")
+    cfg.data.backend = "tensor" if device.type == "cuda" and in_memory else "torch"
+
+
 def build_training_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> TrainLoader:
     """The training loader of ``data.backend``: torch DataLoader, DALI pipelines or device tensors, one contract.
 
@@ -146,7 +157,7 @@ def build_training_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, mi
 def training_copies(cfg: Config) -> int:
     """Views per sample the dataset itself makes: the torch backend's batch augmentation (DALI and tensor make
     their own)."""
-    return cfg.augment.copies if cfg.data.backend == "torch" else 1
+    return 1 if cfg.data.backend in ("dali", "tensor") else cfg.augment.copies
 
 
 def build_val_loader(cfg: Config, ctx: DistContext, data: DatasetSplits) -> DataLoader:

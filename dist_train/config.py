@@ -26,11 +26,13 @@ class DataConfig:
 
     dataset: Literal["synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder"] = "synthetic"
     """Which reader to use."""
-    backend: Literal["torch", "dali", "tensor"] = "torch"
+    backend: Literal["auto", "torch", "dali", "tensor"] = "auto"
     """Training loader: torch DataLoader + torchvision transforms v2, NVIDIA DALI pipelines
     (``pip install .[dali]``; CPU operators when there is no GPU), or ``tensor``: the whole split on the
     training device, augmented a batch at a time by tensor ops (in-memory sets only, not ``imagefolder``).
-    All give identical batches (shapes, dtype, layout, sample order); only the random augmentation draws differ."""
+    All give identical batches (shapes, dtype, layout, sample order); only the random augmentation draws differ.
+    ``auto``: ``tensor`` where it can run on a GPU, else ``torch`` (decided when the run starts, on its device;
+    the run's ``config.yaml`` records the choice)."""
     root: str = ""
     """Dataset directory: the CIFAR python-pickle folder, the (Fashion-)MNIST IDX folder, or an
     ImageFolder tree (``train/`` and optionally ``val/``). Unused for ``synthetic``. Empty for

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dist_train.assemble import build_trainer
+from dist_train.assemble import build_trainer, resolve_data_backend
 from dist_train.config import Config, to_dict
 from dist_train.distributed import DistContext, agree, distributed
 from dist_train.jsonio import write_json
@@ -48,6 +48,7 @@ def train(cfg: Config) -> dict[str, Any]:
     Rank 0 holds the run directory's lock (see :mod:`dist_train.rundir`) from start to end.
     """
     with distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
+        resolve_data_backend(cfg, ctx.device)
         run_dir = Path(cfg.out_dir) / cfg.name
         lock = agree(lambda: RunLock.acquire(run_dir) if ctx.is_primary else None, undo=release)
         try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY, assert_ok, run_cli
 
-from dist_train.assemble import build_training_loader, training_copies
+from dist_train.assemble import build_training_loader, resolve_data_backend, training_copies
 from dist_train.config import load_config
 from dist_train.data import build_datasets
 from dist_train.data.arrays import ImageArrays, TensorImageDataset
@@ -206,3 +206,28 @@ def test_training_run_with_the_tensor_backend(tmp_path):
     assert_ok(run_cli([*args, f"out_dir={tmp_path}", "name=t"]))
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert summary["steps"] == 4 * 512 // 32 and summary["val_acc"] >= 0.3  # chance is 0.1 (0.46 measured)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device", "backend"),
+    [
+        ([], "cuda", "tensor"),
+        (["data.dataset=cifar10", "data.root=/data"], "cuda", "tensor"),
+        ([], "cpu", "torch"),
+        (["data.dataset=imagefolder", "data.root=/data"], "cuda", "torch"),
+        (["data.crop=resized"], "cuda", "torch"),
+        (["data.backend=dali"], "cuda", "dali"),
+        (["data.backend=tensor"], "cpu", "tensor"),
+    ],
+)
+def test_auto_backend_is_the_tensor_loader_for_in_memory_sets_on_a_gpu(overrides, device, backend):
+    cfg = load_config(None, overrides)
+    resolve_data_backend(cfg, torch.device(device))
+    assert cfg.data.backend == backend
+
+
+def test_a_run_records_the_backend_auto_chose(tmp_path):
+    """The default (auto) on this CPU trains with the torch DataLoader, and config.yaml says so."""
+    assert load_config(None, []).data.backend == "auto"
+    assert_ok(run_cli(["train", *TINY, "train.epochs=1", f"out_dir={tmp_path}", "name=a"]))
+    assert "backend: torch" in (tmp_path / "a" / "config.yaml").read_text()
