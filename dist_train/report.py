@@ -240,8 +240,7 @@ def plot_heatmap(grid: Grid, path: Path, title: str) -> None:
     for (x, y), err in grid.error.items():
         values[grid.ys.index(y), grid.xs.index(x)] = err
     figure, axes = plt.subplots(figsize=(1.1 * len(grid.xs) + 2.5, 0.6 * len(grid.ys) + 2))
-    cmap = matplotlib.colormaps["viridis_r"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="lightgrey")
     finite = values[np.isfinite(values)]
     image = axes.imshow(
         values, cmap=cmap, vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 100

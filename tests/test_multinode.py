@@ -299,11 +299,14 @@ def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path) -> N
             ranks_gone = time.monotonic()
             state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
             assert 0 < state["step"] < 160
+            # Bring node1 back only once SLURM has finished requeuing: node1 then registers with the first run's
+            # step still on it and SLURM aborts that step, before the requeued job starts. (Back earlier, the
+            # abort of the first run can reach node1 after the requeued job's step has started there, and kill
+            # it: the step id is the same.)
+            settled = ("PENDING", *ENDED)
+            wait_until(lambda: job_info(job).get("JobState") in settled, what=f"job {job} to be pending")
+            assert job_info(job).get("JobState") == "PENDING", job_info(job)  # requeued, not failed
             subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], check=True, capture_output=True)
-            assert job_info(job).get("JobState") not in ENDED, job_info(job)  # requeued, not failed
-            wait_until(lambda: job_info(job).get("JobState") != "COMPLETING", what=f"job {job} to be pending")
-            # node1's step daemon of the first run may still be ending: a step of the same id launched there
-            # meanwhile is aborted by SLURM (the requeued job then fails), so let it go first.
             wait_until(lambda: not step_daemons(job), timeout=120, what=f"job {job}'s old slurmstepd to exit")
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
             wait_until(lambda: job not in queued_jobs(), timeout=400, what=f"job {job} to finish")
