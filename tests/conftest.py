@@ -74,6 +74,18 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
 
 
+def assert_cutout_squares(images: torch.Tensor, side: int) -> None:
+    """``images``: normalised views of white images. Each view's only zeros (the same in every channel) form one
+    cutout square of ``side``, clipped at the borders, at a random place."""
+    zero = images == 0
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])
+    areas = zero[:, 0].flatten(1).sum(1)
+    assert areas.max() == side * side and areas.min() > 0  # full squares inside, clipped ones at the borders
+    rows, cols = zero[:, 0].any(2), zero[:, 0].any(1)
+    assert torch.equal(areas, rows.sum(1) * cols.sum(1))  # each zeroed region is one rectangle
+    assert len({tuple(z.flatten().tolist()) for z in zero[:, 0]}) > 10  # at random places
+
+
 def dali_available() -> bool:
     try:
         import nvidia.dali  # noqa: F401
