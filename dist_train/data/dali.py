@@ -35,7 +35,7 @@ from dist_train.data import dali_pipelines
 from dist_train.data.arrays import TensorImageDataset
 from dist_train.data.dali_pipelines import Graph
 from dist_train.data.imagefolder import ImageFileDataset
-from dist_train.data.loader import LoaderOptions, batch_seed
+from dist_train.data.loader import EpochSteps, LoaderOptions, batch_seed
 from dist_train.data.transforms import Recipe
 from dist_train.errors import ConfigError
 
@@ -177,7 +177,7 @@ class _Runner:
 
 
 @dataclass
-class DaliTrainLoader:
+class DaliTrainLoader(EpochSteps):
     """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e, start)`` yields the
     micro-batches (``options.copies`` views of each sample, laid out as ``options.view_layout``).
 
@@ -201,13 +201,6 @@ class DaliTrainLoader:
         self.runner = _Runner(
             graph, self.options.micro_batch, self.options.workers, self.options.device_id, self.options.view_layout
         )
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.order.steps_per_epoch
-
-    def steps_in(self, epoch: int) -> int:
-        return self.order.steps_in(epoch)
 
     def _feeds(self, epoch: int, start: int) -> Iterator[Feed]:
         options = self.options

@@ -224,14 +224,10 @@ class _SeededBatches(Dataset):
         return [self.dataset[index] for _, index in items]
 
 
-@dataclass
-class TrainLoader:
-    """The training DataLoader plus what the loop needs to know about it."""
+class EpochSteps:
+    """Steps per epoch from a loader's :class:`BatchOrder` (``self.order``): shared by every training loader."""
 
-    loader: DataLoader
     order: BatchOrder
-    dataset: Dataset
-    view_layout: str = "copy_major"
 
     @property
     def steps_per_epoch(self) -> int:
@@ -239,6 +235,16 @@ class TrainLoader:
 
     def steps_in(self, epoch: int) -> int:
         return self.order.steps_in(epoch)
+
+
+@dataclass
+class TrainLoader(EpochSteps):
+    """The training DataLoader plus what the loop needs to know about it."""
+
+    loader: DataLoader
+    order: BatchOrder
+    dataset: Dataset
+    view_layout: str = "copy_major"
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The micro-batches of one epoch from micro-batch ``start`` on (the ones before are not loaded):

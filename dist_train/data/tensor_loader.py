@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_train.data.arrays import TensorImageDataset
-from dist_train.data.loader import BatchOrder, LoaderOptions, batch_seed
+from dist_train.data.loader import BatchOrder, EpochSteps, LoaderOptions, batch_seed
 from dist_train.data.transforms import Recipe
 from dist_train.errors import ConfigError
 
@@ -32,7 +32,7 @@ IN_MEMORY = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist")
 
 
 @dataclass
-class TensorTrainLoader:
+class TensorTrainLoader(EpochSteps):
     """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e, start)`` yields the micro-batches,
     (B·M, C, H, W) float32 images and (B·M,) int64 labels, on ``device``."""
 
@@ -59,13 +59,6 @@ class TensorTrainLoader:
         self.scale, self.shift = 1 / (255 * std), -mean / std  # (x / 255 - mean) / std as one multiply-add
         self.order: BatchOrder = self.options.batch_order(len(self.dataset))
         self.generator = torch.Generator(device=self.device)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.order.steps_per_epoch
-
-    def steps_in(self, epoch: int) -> int:
-        return self.order.steps_in(epoch)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The micro-batches of ``epoch`` from micro-batch ``start`` on; the ones before are not computed."""
