@@ -17,15 +17,77 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from dist_train.errors import ConfigError
+from dist_train.errors import ConfigError, DistTrainError
+
+SEED_MAX = 2**63 - 1
+"""The largest seed (and any integer key's largest value): torch and the loaders take 64-bit signed seeds."""
+MAX_LIST = 1000
+"""The most values a list key may hold."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key accepts (each element, for a list key)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    length: int | None = None
+    """A list key's exact length."""
+
+    def contains(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        """``at least 1``, ``positive``, ``in [0, 1)``."""
+        low, high = _number(self.low or 0), _number(self.high or 0)
+        if self.high is None:
+            return (
+                "positive" if self.low == 0 and self.low_open else f"{'above' if self.low_open else 'at least'} {low}"
+            )
+        if self.low is None:
+            return f"{'below' if self.high_open else 'at most'} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float) -> str:
+    """``1`` for 1.0, ``0.5`` for 0.5."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def limits(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    length: int | None = None,
+) -> dict[str, Range]:
+    """A schema field's metadata giving its valid range (read by :func:`validate`)."""
+    return {"range": Range(low, high, low_open, high_open, length)}
+
+
+def bounded(default: float, low: float | None = None, high: float | None = None, **options: Any) -> Any:
+    """A numeric schema field with its default and valid range (list fields: ``field(metadata=limits(...))``)."""
+    return field(default=default, metadata=limits(low, high, **options))
+
+
+DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "webdataset")
+"""The built-in data sets (``data.dataset`` may also name a factory by import path)."""
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are batched."""
 
-    dataset: Literal["synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder"] = "synthetic"
-    """Which reader to use."""
+    dataset: str = "synthetic"
+    """Which reader to use: one of :data:`DATASETS`, or a data-set factory by import path
+    (``my_pkg.data:build`` or ``path/to/data.py:build``, see :mod:`dist_train.data.plugin`)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a data-set factory (``data.dataset: module:attr``)."""
     backend: Literal["auto", "torch", "dali", "tensor"] = "auto"
     """Training loader: torch DataLoader + torchvision transforms v2, NVIDIA DALI pipelines
     (``pip install .[dali]``; CPU operators when there is no GPU), or ``tensor``: the whole split on the
@@ -35,16 +97,17 @@ class DataConfig:
     the run's ``config.yaml`` records the choice)."""
     root: str = ""
     """Dataset directory: the CIFAR python-pickle folder, the (Fashion-)MNIST IDX folder, or an
-    ImageFolder tree (``train/`` and optionally ``val/``). Unused for ``synthetic``. Empty for
+    ImageFolder tree (``train/`` and optionally ``val/``), or the tar shards of ``dist-train shard``
+    (``webdataset``). Unused for ``synthetic``. Empty for
     ``fashion_mnist``: ``/usr/share/datasets/fashion-mnist`` (``apt-get install -y dataset-fashion-mnist``)."""
     download: bool = False
     """Download CIFAR/MNIST/Fashion-MNIST into ``root`` with torchvision when files are missing."""
-    batch_size: int = 128
+    batch_size: int = bounded(128, low=1)
     """Global number of distinct samples per optimizer step (over all workers and
     accumulation steps)."""
-    eval_batch_size: int = 0
+    eval_batch_size: int = bounded(0, low=0)
     """Global evaluation batch size; 0 means ``batch_size``."""
-    num_workers: int = 2
+    num_workers: int = bounded(2, low=0, high=256)
     """DataLoader worker processes per rank (0 loads in the training process)."""
     augment: bool = True
     """Apply the dataset's standard training augmentation (pad-crop + flip for
@@ -53,25 +116,25 @@ class DataConfig:
     """Training crop instead of the dataset's default: pad-crop, random-resized-crop or none."""
     flip: Optional[bool] = None  # noqa: UP045 - OmegaConf reads typing.Optional
     """Random horizontal flips (true/false) instead of the dataset's default (null)."""
-    pad: int = 4
+    pad: int = bounded(4, low=0, high=4096)
     """Padding of the pad-crop, in pixels."""
-    cutout: int = 0
+    cutout: int = bounded(0, low=0, high=4096)
     """Cutout (DeVries & Taylor 2017): zero a square of this side at a random centre of each
     training image, after normalisation (clipped at the borders); 0 = off."""
-    val_fraction: float = 0.2
+    val_fraction: float = bounded(0.2, low=0.0, high=1.0, high_open=True)
     """Share of the training files held out for validation when the dataset has no
     validation split of its own (e.g. MNIST given only one IDX pair)."""
-    split_seed: int = 0
+    split_seed: int = bounded(0, low=0, high=SEED_MAX)
     """Seed of that held-out split (fixed, independent of ``seed``)."""
-    image_size: int = 0
+    image_size: int = bounded(0, low=0, high=8192)
     """Training crop size for ImageFolder (0 = 224) and side of synthetic images (0 = 32)."""
-    synthetic_train_size: int = 5000
+    synthetic_train_size: int = bounded(5000, low=1)
     """Number of synthetic training images."""
-    synthetic_val_size: int = 1000
+    synthetic_val_size: int = bounded(1000, low=1)
     """Number of synthetic validation images."""
-    synthetic_classes: int = 10
+    synthetic_classes: int = bounded(10, low=2, high=100_000)
     """Number of synthetic classes."""
-    train_subset: int = 0
+    train_subset: int = bounded(0, low=0)
     """Train on a fixed random subset of this many training images (seeded by ``split_seed``;
     validation is untouched); 0 = all of them. For quick runs, tests and sweeps."""
     cross_epoch_batches: Optional[bool] = None  # noqa: UP045 - OmegaConf reads typing.Optional
@@ -89,7 +152,7 @@ class DataConfig:
 class AugmentConfig:
     """Batch augmentation (Hoffer et al. 2020): M differently augmented views of each sample."""
 
-    copies: int = 1
+    copies: int = bounded(1, low=1, high=1024)
     """M: views per sample in the same batch (1 = off). data.batch_size still counts distinct
     samples (and drives the lr rules); each step sees batch_size × M images."""
     layout: Literal["copy_major", "sample_major"] = "copy_major"
@@ -102,10 +165,14 @@ class ModelConfig:
     """The network."""
 
     name: str = "c1"
-    """mnist_f1, c1, resnet20/32/44/56/110, wrn{depth}_{k} (e.g. wrn16_4), or any
-    torchvision classification model (e.g. resnet50)."""
-    width: int = 0
+    """mnist_f1, c1, resnet20/32/44/56/110, wrn{depth}_{k} (e.g. wrn16_4), any torchvision
+    classification model (e.g. resnet50), or a model factory by import path (``my_pkg.nets:build``,
+    ``path/to/nets.py:build``; see :mod:`dist_train.models.plugin`)."""
+    width: int = bounded(0, low=0, high=65_536)
     """Base channel width for c1 / hidden width for mnist_f1; 0 = the model's default."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a model factory (``model.name: module:attr``), after num_classes, in_channels
+    and image_size."""
 
 
 @dataclass
@@ -113,14 +180,16 @@ class OptimConfig:
     """The optimizer."""
 
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
+    lr: float = bounded(0.1, low=0.0, low_open=True)
     """Peak learning rate (reached after warm-up)."""
-    momentum: float = 0.9
+    momentum: float = bounded(0.9, low=0.0, high=1.0)
     """SGD momentum."""
     nesterov: bool = False
     """Nesterov momentum (SGD)."""
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = bounded(1e-4, low=0.0)
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999], metadata=limits(0.0, 1.0, high_open=True, length=2)
+    )
     """AdamW betas."""
     decay_bn_and_bias: bool = True
     """Apply weight decay to BatchNorm parameters and biases too (false excludes them)."""
@@ -131,18 +200,18 @@ class ScheduleConfig:
     """The learning-rate schedule, per optimizer step."""
 
     name: Literal["constant", "step", "cosine"] = "step"
-    milestones: list[float] = field(default_factory=list)
+    milestones: list[float] = field(default_factory=list, metadata=limits(low=0.0))
     """Epochs at which ``step`` multiplies the lr by ``gamma``."""
-    gamma: float = 0.1
-    factors: list[float] = field(default_factory=list)
+    gamma: float = bounded(0.1, low=0.0, low_open=True)
+    factors: list[float] = field(default_factory=list, metadata=limits(low=0.0, low_open=True))
     """Instead of ``gamma``: the lr multiplier in force after each milestone (one per milestone),
     e.g. [0.2, 0.04, 0.001] for 0.1 → 0.02 → 0.004 → 1e-4."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = bounded(0.0, low=0.0)
     """Linear warm-up from ``warmup_start_factor``·lr to lr over this many epochs."""
-    warmup_steps: int = 0
+    warmup_steps: int = bounded(0, low=0)
     """Warm-up length in optimizer steps (takes precedence over ``warmup_epochs``)."""
-    warmup_start_factor: float = 0.0
-    min_lr_factor: float = 0.0
+    warmup_start_factor: float = bounded(0.0, low=0.0, high=1.0)
+    min_lr_factor: float = bounded(0.0, low=0.0, high=1.0)
     """Final lr of ``cosine`` as a fraction of the peak lr."""
 
 
@@ -150,10 +219,10 @@ class ScheduleConfig:
 class TrainConfig:
     """The loop."""
 
-    epochs: int = 10
-    grad_clip_norm: float = 0.0
+    epochs: int = bounded(10, low=1)
+    grad_clip_norm: float = bounded(0.0, low=0.0)
     """Clip the global gradient norm to this value; 0 disables clipping."""
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = bounded(1, low=1)
     """Micro-batches accumulated per optimizer step (emulates a larger batch)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16 autocasts forward passes (CUDA; on CPU it is allowed but slow)."""
@@ -161,9 +230,9 @@ class TrainConfig:
     """Use channels_last memory format for 4-D activations (a CUDA speed-up)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
-    eval_every: int = 1
+    eval_every: int = bounded(1, low=1)
     """Evaluate every N epochs (and always after the last)."""
-    log_every: int = 20
+    log_every: int = bounded(20, low=1)
     """Log step metrics every N optimizer steps."""
     deterministic: bool = False
     """Ask for deterministic kernels (cuDNN); CPU runs are deterministic anyway."""
@@ -181,7 +250,7 @@ class RegimeConfig:
     the plan (``dist-train plan``) derives the values for ``data.batch_size``.
     """
 
-    reference_batch_size: int = 0
+    reference_batch_size: int = bounded(0, low=0)
     """Batch size of the reference recipe; 0 = none (values are used as given)."""
     lr_rule: Literal["none", "linear", "sqrt", "per_sample"] = "none"
     """none: keep optim.lr; linear: × B/B_ref; sqrt: × sqrt(B/B_ref); per_sample: lr = B × optim.lr
@@ -190,7 +259,7 @@ class RegimeConfig:
     """Regime adaptation, planned in updates: the run makes the reference's number of updates, with
     its milestones and warm-up at the same steps, whatever the dataset size (the last epoch may be
     partial); batches are drawn across epoch boundaries unless data.cross_epoch_batches=false."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = bounded(0.0, low=0.0)
     """Gradual warm-up (Goyal et al. 2017): the lr ramps linearly from the reference's optim.lr to
     the planned (scaled) lr over this many reference epochs, converted to steps like the milestones;
     replaces schedule.warmup_*. 0 = off (the authors' recipe has none)."""
@@ -200,7 +269,7 @@ class RegimeConfig:
 class BNConfig:
     """Batch normalization."""
 
-    ghost_batch_size: int = 0
+    ghost_batch_size: int = bounded(0, low=0)
     """Normalize over ghost batches of this many samples (per forward, per process); 0 = plain BN."""
 
 
@@ -208,9 +277,9 @@ class BNConfig:
 class DiffusionConfig:
     """The weight-distance monitor: ||w_t - w_0|| against the update count t."""
 
-    every_steps: int = 0
+    every_steps: int = bounded(0, low=0)
     """Log the distance every N optimizer steps; 0 = off."""
-    fit_until_step: int = 0
+    fit_until_step: int = bounded(0, low=0)
     """Fit a·log(t) + b on the points up to this step; 0 = the first lr milestone (or the last step)."""
 
 
@@ -218,10 +287,10 @@ class DiffusionConfig:
 class SwapPhase2Config:
     """SWAP phase 2: every replica refines its own copy with a small batch."""
 
-    batch_size: int = 128
+    batch_size: int = bounded(128, low=1)
     """Global batch of one replica (split over its processes)."""
-    epochs: int = 2
-    lr: float = 0.01
+    epochs: int = bounded(2, low=1)
+    lr: float = bounded(0.01, low=0.0, low_open=True)
     schedule: Literal["constant", "cosine"] = "cosine"
 
 
@@ -230,14 +299,14 @@ class SwapConfig:
     """SWAP (Gupta et al. 2020): large-batch DDP, independent small-batch replicas, one average."""
 
     enabled: bool = False
-    replica_size: int = 0
+    replica_size: int = bounded(0, low=0)
     """Processes per phase-2 replica; 0 = one replica per node (torchrun's LOCAL_WORLD_SIZE); 1 = one per process."""
-    phase1_max_epochs: int = 0
+    phase1_max_epochs: int = bounded(0, low=0)
     """Epoch limit of phase 1; 0 = train.epochs."""
-    phase1_train_acc: float = 0.0
+    phase1_train_acc: float = bounded(0.0, low=0.0, high=1.0)
     """Stop phase 1 once an epoch's training accuracy reaches this (the paper's criterion); 0 = epoch limit only."""
     phase2: SwapPhase2Config = field(default_factory=SwapPhase2Config)
-    bn_recompute_batches: int = 200
+    bn_recompute_batches: int = bounded(200, low=0)
     """Phase 3 recomputes the averaged model's BN statistics over this many unaugmented training batches (each
     data.batch_size / train.grad_accum_steps images, split over the ranks; 200 is the scale of "precise BN":
     51,200 images at batch 256); 0 = one pass over the whole training set."""
@@ -247,9 +316,9 @@ class SwapConfig:
 class CheckpointConfig:
     """Checkpointing."""
 
-    every_epochs: int = 1
+    every_epochs: int = bounded(1, low=0)
     """Write ``checkpoints/last.pt`` every N epochs (and after the last); 0 = only at the end."""
-    every_steps: int = 0
+    every_steps: int = bounded(0, low=0)
     """Also write it every N optimizer steps inside an epoch (long epochs, preemptible jobs); 0 = off.
     Resuming from such a checkpoint starts the epoch's data at that step, skipping the samples before it
     without reading them, and the run continues exactly as if it had not stopped (a micro-batch's
@@ -262,10 +331,15 @@ class DistConfig:
 
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """auto: nccl on CUDA, gloo on CPU."""
-    timeout_s: int = 600
+    timeout_s: int = bounded(600, low=1, high=30 * 86_400)
     """Collective timeout in seconds."""
     sync_buffers: bool = True
     """Let DDP copy rank 0's buffers (BN running statistics) to every rank at each forward."""
+    exact_reduction: bool = True
+    """With three or more ranks, all-reduce each gradient as its own tensor, so that its sum does not
+    depend on DDP's bucket layout (which a restarted process rebuilds): a resume is then bitwise exact
+    at any world size. false: DDP's bucketed all-reduce (fewer, larger collectives; a resume may then
+    differ from an uninterrupted run in the last bits). One or two ranks are exact either way."""
 
 
 @dataclass
@@ -276,7 +350,7 @@ class Config:
     """Run name; the run directory is ``out_dir/name``. Empty: the config file's stem."""
     out_dir: str = "runs"
     """Parent of run directories (shared between nodes in multi-node jobs)."""
-    seed: int = 0
+    seed: int = bounded(0, low=0, high=SEED_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when available, else CPU."""
     resume: str = "auto"
@@ -330,26 +404,80 @@ def _explain(error: OmegaConfBaseException, source: str, key_hint: str = "") -> 
 def parse_overrides(overrides: list[str]) -> list[str]:
     """Check that every override has the form ``dotted.key=value``."""
     for item in overrides:
-        key, sep, _ = item.partition("=")
+        key, sep, value = item.partition("=")
         if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
             raise ConfigError(f"bad override '{item}': expected dotted.key=value, e.g. optim.lr=0.2")
+        if not value.isprintable():
+            raise ConfigError(f"bad override {item!r}: the value holds a newline or another control character")
+        if "#" in value and not (len(value) > 1 and value[0] == value[-1] and value[0] in "'\""):
+            raise ConfigError(f"bad override '{item}': '#' starts a YAML comment; quote the value: {key}='\"{value}\"'")
     return overrides
+
+
+MAX_FILE_BYTES = 1 << 20
+"""The largest config or sweep file read (a real one is a few kB)."""
+MAX_VALUES = 100_000
+"""The most values (mapping entries and list items, aliases expanded) a YAML file may hold."""
+
+
+def read_text(path: Path, error: type[DistTrainError] = ConfigError, limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of ``path`` (at most ``limit`` bytes), else one ``error`` line naming the file."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit} bytes; refused")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (YAML itself lets the last one win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                mark = key_node.start_mark
+                raise ConfigError(f"{mark.name}:{mark.line + 1}:{mark.column + 1}: duplicate key '{key}'")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(loaded: Any, path: Path) -> None:
+    """Refuse more than ``MAX_VALUES`` values, counting each alias as the copy it stands for (an alias bomb
+    expands exponentially)."""
+    stack, count = [loaded], 0
+    while stack:
+        value = stack.pop()
+        items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+        count += len(items)
+        if count > MAX_VALUES:
+            raise ConfigError(f"{path}: more than {MAX_VALUES} values (aliases expanded); refused")
+        stack.extend(items)
 
 
 def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
     """The top-level mapping of the ``kind`` file ``path`` (empty file: {}); else a one-line ConfigError
-    (``expected`` says what the top level should be)."""
+    (``expected`` says what the top level should be). Bounded: UTF-8, at most ``MAX_FILE_BYTES`` and
+    ``MAX_VALUES`` values, no key twice."""
     if not path.is_file():
         raise ConfigError(f"{kind} file not found: {path}")
+    text = read_text(path)
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.load(text, Loader=_StrictLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("<unicode string>", str(path), 1)) from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: {expected}")
+    _check_size(loaded, path)
     return loaded
 
 
@@ -368,9 +496,13 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, di
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build the typed config from defaults, a YAML file and ``key=value`` overrides."""
+    """Build the typed config from defaults, a YAML file and ``key=value`` overrides.
+
+    ``path`` is a file, or the name of an installed recipe (``quickstart``; ``dist-train recipes`` lists them)."""
+    from dist_train.named_configs import find_config
+
     merged = OmegaConf.structured(Config)
-    for layer_path, layer in _yaml_layers(Path(path)) if path is not None else []:
+    for layer_path, layer in _yaml_layers(find_config(path)) if path is not None else []:
         try:
             merged.merge_with(OmegaConf.create(layer))
         except OmegaConfBaseException as e:
@@ -387,52 +519,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
-def _non_finite(tree: Any, prefix: str = "") -> str | None:
-    """The dotted key of the first NaN or infinite number in a config tree, if any."""
-    items = (
-        ((f.name, getattr(tree, f.name)) for f in fields(tree))
-        if is_dataclass(tree)
-        else enumerate(tree)
-        if isinstance(tree, list)
-        else ()
-    )
-    for name, value in items:
-        key = f"{prefix}[{name}]" if isinstance(name, int) else f"{prefix}{'.' if prefix else ''}{name}"
-        if isinstance(value, float) and not math.isfinite(value):
-            return key
-        found = _non_finite(value, key)
-        if found:
-            return found
-    return None
+def _check_value(key: str, value: Any, bounds: Range | None) -> None:
+    """One value of a config key against its type's limits and its range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if bounds is not None and not bounds.contains(value):
+        raise ConfigError(f"{key} must be {bounds.describe()}, got {_number(value)}")
+    if isinstance(value, int) and abs(value) > SEED_MAX:
+        raise ConfigError(f"{key} must be at most {SEED_MAX} (64-bit), got {value}")
+
+
+def check_ranges(tree: Any, prefix: str = "") -> None:
+    """Every value of a config tree within the range its schema field gives (see :func:`bounded`), every
+    number finite and 64-bit, every list at most ``MAX_LIST`` long; else one ConfigError line."""
+    for f in fields(tree):
+        key, value = f"{prefix}{f.name}", getattr(tree, f.name)
+        bounds = f.metadata.get("range")
+        if is_dataclass(value):
+            check_ranges(value, f"{key}.")
+        elif isinstance(value, list):
+            if len(value) > MAX_LIST:
+                raise ConfigError(f"{key} holds {len(value)} values; at most {MAX_LIST} are allowed")
+            if bounds is not None and bounds.length is not None and len(value) != bounds.length:
+                raise ConfigError(f"{key} must hold {bounds.length} values, got {len(value)}: {value}")
+            for index, item in enumerate(value):
+                _check_value(f"{key}[{index}]", item, bounds)
+        else:
+            _check_value(key, value, bounds)
+
+
+def check_name(name: str, what: str = "name") -> None:
+    """A run or sweep name: one plain directory name of printable characters, without '/' or '#'."""
+    if name in {"", ".", ".."} or "/" in name or "#" in name or not name.isprintable():
+        raise ConfigError(f"{what} must be a plain directory name (printable characters, no '/' or '#'), got {name!r}")
 
 
 def validate(config: Config) -> None:
-    """Checks that types alone cannot express."""
-    bad = _non_finite(config)
-    if bad is not None:
-        raise ConfigError(f"{bad} must be a finite number, got {_lookup(config, bad)}")
-    positive = {
-        "data.batch_size": config.data.batch_size,
-        "train.epochs": config.train.epochs,
-        "train.grad_accum_steps": config.train.grad_accum_steps,
-        "train.eval_every": config.train.eval_every,
-        "train.log_every": config.train.log_every,
-        "augment.copies": config.augment.copies,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
-    if config.checkpoint.every_steps < 0 or config.checkpoint.every_epochs < 0:
-        raise ConfigError("checkpoint.every_steps and checkpoint.every_epochs must be at least 0")
-    if config.swap.bn_recompute_batches < 0:
-        raise ConfigError(f"swap.bn_recompute_batches must be at least 0, got {config.swap.bn_recompute_batches}")
-    if config.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {config.optim.lr}")
-    if not 0.0 <= config.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
-    if config.data.backend == "tensor" and config.data.dataset == "imagefolder":
-        raise ConfigError("data.backend=tensor holds in-memory data sets only; use torch or dali for imagefolder")
-    if config.data.dataset != "synthetic" and not config.data.root:
+    """Every key within its range (declared with the schema), then what ranges alone cannot express."""
+    check_ranges(config)
+    if config.data.backend == "tensor" and config.data.dataset in ("imagefolder", "webdataset"):
+        raise ConfigError(
+            f"data.backend=tensor holds in-memory data sets only; use torch or dali for {config.data.dataset}"
+        )
+    _check_dataset(config.data.dataset)
+    if config.data.dataset in DATASETS[1:] and not config.data.root:
         raise ConfigError(f"data.root is required for data.dataset={config.data.dataset}")
     if config.schedule.factors and len(config.schedule.factors) != len(config.schedule.milestones):
         raise ConfigError(
@@ -441,8 +573,17 @@ def validate(config: Config) -> None:
         )
     if sorted(config.schedule.milestones) != list(config.schedule.milestones):
         raise ConfigError(f"schedule.milestones must be increasing, got {config.schedule.milestones}")
-    if "/" in config.name or config.name in {"", ".", ".."}:
-        raise ConfigError(f"name must be a plain directory name, got '{config.name}'")
+    check_name(config.name)
+
+
+def _check_dataset(name: str) -> None:
+    """A built-in data set's name or a factory's import path (``module:attr``, ``file.py:attr``)."""
+    module, sep, attr = name.partition(":")
+    if name not in DATASETS and not (sep and module and attr):
+        raise ConfigError(
+            f"unknown data.dataset '{name}'; choose one of {', '.join(DATASETS)}, "
+            "or a factory: my_pkg.data:build or path/to/data.py:build"
+        )
 
 
 def _lookup(config: Config, key: str) -> Any:

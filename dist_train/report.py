@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import flatten
+from dist_train.config import flatten, read_text
 from dist_train.errors import DistTrainError
 
 SUMMARY = "summary.json"
+MAX_SUMMARY_BYTES = 16 << 20
+"""The largest summary.json read (a real one is a few kB)."""
 COLLAPSE_FACTOR = 1.5
 """A finite run whose validation accuracy is at most this many times chance (1 / classes) has collapsed."""
 FIXED_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -85,11 +87,11 @@ def find_runs(paths: list[str | Path]) -> list[RunResult]:
     runs = []
     for summary_path in dict.fromkeys(found):
         try:
-            summary = json.loads(summary_path.read_text())
+            summary = json.loads(read_text(summary_path, DistTrainError, MAX_SUMMARY_BYTES))
         except (OSError, json.JSONDecodeError) as e:
             raise DistTrainError(f"cannot read {summary_path}: {e}") from None
-        if not isinstance(summary, dict) or "config" not in summary:
-            raise DistTrainError(f"{summary_path} is not a dist_train summary (no 'config')")
+        if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
+            raise DistTrainError(f"{summary_path} is not a dist_train summary (its 'config' is not a mapping)")
         runs.append(RunResult(summary_path.parent, summary))
     return runs
 

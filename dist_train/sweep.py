@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from dist_train.config import Config, load_config, read_yaml_mapping
+from dist_train.config import Config, check_name, load_config, read_yaml_mapping
 from dist_train.distributed import local_torchrun
 from dist_train.errors import ConfigError
 
@@ -111,8 +111,9 @@ def load_sweep(path: str | Path, extra_overrides: tuple[str, ...] = ()) -> Sweep
     if not isinstance(spec.get("config"), str):
         raise ConfigError(f"{path}: 'config' must name the base run config file")
     name = spec.get("name", path.stem)
-    if not isinstance(name, str) or "/" in name or name in {"", ".", ".."}:
+    if not isinstance(name, str):
         raise ConfigError(f"{path}: 'name' must be a plain directory name, got {name!r}")
+    check_name(name, f"{path}: 'name'")
     fixed = spec.get("overrides") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{path}: 'overrides' must map config keys to values")
