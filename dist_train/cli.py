@@ -1,4 +1,4 @@
-"""Command line: ``dist-train train|config|plan|submit|sweep|report``."""
+"""Command line: ``dist-train train|config|plan|submit|sweep|shard|report``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
     sweep.add_argument("--nproc-per-node", type=int, default=1, help="processes per run (torchrun when > 1)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs; train nothing")
+
+    text = "write a data set as WebDataset tar shards with DALI index files and a manifest (data.dataset=webdataset)"
+    shard = commands.add_parser("shard", help=text, description=text)
+    shard.add_argument(
+        "source", metavar="SRC", help="a data set (fashion_mnist, cifar10, synthetic, ...) or an ImageFolder"
+    )
+    shard.add_argument("destination", metavar="DST", help="the shard directory (data.root of the runs that read it)")
+    shard.add_argument("--shard-size", default="256MiB", help="bytes per shard at most (default 256MiB)")
+    shard.add_argument("overrides", nargs="*", metavar="key=value", help="data keys of the source, e.g. data.root=...")
+
+    text = "list the recipes installed with the package (--config NAME takes them by name)"
+    commands.add_parser("recipes", help=text, description=text)
 
     text = "remove the lock that a killed run left in its run directory (refused while its holder runs)"
     unlock = commands.add_parser("unlock", help=text, description=text)
@@ -110,6 +122,7 @@ def submit(args: argparse.Namespace) -> int:
     # Every run is checked before anything is submitted (a dry run does not look for data.root here).
     configs = [slurm.prepare(cfg, options, check_data=not args.dry_run) for cfg in configs]
     if args.dry_run:
+        print(f"# plug-ins\n{slurm.describe_plugins(configs[0])}")
         print(f"# sbatch options ({len(configs)} run(s); logs in {logs})")
         slurm.submit(configs, options, logs, dry_run=True)
         if args.sweep:
@@ -154,6 +167,29 @@ def report(args: argparse.Namespace) -> int:
     written = write_report(args.runs, args.out, args.x, args.y, plot=not args.no_plot)
     print(written["markdown"].read_text(), end="")
     print("wrote " + ", ".join(str(path) for path in written.values()))
+    return 0
+
+
+def shard(args: argparse.Namespace) -> int:
+    from dist_train.data.shard_writer import parse_size, source_config, write_shards
+
+    manifest = write_shards(source_config(args.source, args.overrides), args.destination, parse_size(args.shard_size))
+    counts = ", ".join(
+        f"{name} {split['samples']} samples in {len(split['shards'])} shard(s)"
+        for name, split in manifest["splits"].items()
+    )
+    print(f"wrote {args.destination}: {counts}")
+    return 0
+
+
+def list_recipes() -> int:
+    from dist_train.named_configs import RECIPES, describe, recipe_names
+
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {describe(name)}")
+    print(f"({len(names)} recipes in {RECIPES.resolve()}; use one with --config NAME)")
     return 0
 
 
@@ -214,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             return report(args)
         if args.command == "unlock":
             return unlock_runs(args)
+        if args.command == "recipes":
+            return list_recipes()
+        if args.command == "shard":
+            return shard(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             print(to_yaml(cfg), end="")

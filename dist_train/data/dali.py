@@ -23,7 +23,7 @@ depend only on (seed, epoch, rank, position), the resumed epoch's batches are th
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +34,9 @@ from torch.utils.data import Dataset
 from dist_train.data import dali_pipelines
 from dist_train.data.arrays import TensorImageDataset
 from dist_train.data.dali_pipelines import Graph
-from dist_train.data.imagefolder import ImageFileDataset
+from dist_train.data.imagefolder import ImageFileDataset, load_image
 from dist_train.data.loader import EpochSteps, LoaderOptions, batch_seed
+from dist_train.data.shards import ShardDataset, decode
 from dist_train.data.transforms import Recipe
 from dist_train.errors import ConfigError
 
@@ -62,6 +63,15 @@ class _Source:
     """A dataset as pipeline input: the data of a list of indices, and each image's (height, width)."""
 
     def __init__(self, dataset: Dataset) -> None:
+        self.recent: deque[np.ndarray] = deque(maxlen=AHEAD + 1)
+        """The latest micro-batches read: a failed pipeline run was one of them (:meth:`check`)."""
+        self.channels = dataset.channels if isinstance(dataset, ShardDataset) else 3
+        self.shards = dataset if isinstance(dataset, ShardDataset) else None
+        if self.shards is not None:  # tar shards: encoded images; labels (and sizes, if they vary) once read
+            self.encoded = True
+            self.labels = torch.zeros(len(dataset), dtype=torch.int64)
+            self.sizes = np.full((len(dataset), 2), dataset.reader.image_size, dtype=np.int64)
+            return
         if not isinstance(dataset, TensorImageDataset | ImageFileDataset):
             raise ConfigError(f"data.backend=dali cannot read {type(dataset).__name__}")
         self.encoded = isinstance(dataset, ImageFileDataset)
@@ -80,6 +90,9 @@ class _Source:
 
     def read(self, indices: np.ndarray) -> tuple[Any, np.ndarray]:
         """The samples' data and (height, width)."""
+        self.recent.append(indices)
+        if self.shards is not None:
+            return self._read_shards(indices)
         if not self.encoded:
             return self.images[indices], self.sizes[indices]
         files = [dali_pipelines.read_file(self.paths[i]) for i in indices.tolist()]
@@ -87,6 +100,29 @@ class _Source:
             if not self.sizes[i, 0]:
                 self.sizes[i] = dali_pipelines.image_size(data)
         return files, self.sizes[indices]
+
+    def _read_shards(self, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        assert self.shards is not None
+        images = []
+        for i in indices.tolist():
+            data, self.labels[i] = self.shards.encoded(i)
+            if not self.sizes[i, 0]:
+                try:
+                    self.sizes[i] = dali_pipelines.image_size(data)
+                except Exception:
+                    decode(data, self.channels, lambda i=i: self.shards.name(i))  # raises a DataError naming it
+                    raise
+            images.append(data)
+        return images, self.sizes[indices]
+
+    def check(self) -> None:
+        """After a failed pipeline run: a DataError naming the first undecodable image of the latest micro-batches
+        (an encoded source's; nothing when every one of them decodes)."""
+        for i in [int(i) for batch in self.recent for i in batch]:
+            if self.shards is not None:
+                decode(self.shards.encoded(i)[0], self.channels, lambda i=i: self.shards.name(i))
+            elif self.encoded:
+                load_image(self.paths[i])
 
 
 @dataclass
@@ -105,6 +141,8 @@ class _Runner:
     """Labels of the micro-batches scheduled and not yet taken out."""
     runs: int = 0
     """Runs started: only the latest one may use the pipeline (one epoch at a time)."""
+    check: Callable[[], None] | None = None
+    """Called when a pipeline run fails: raises the error that names the sample at fault, if it can."""
 
     def run(self, feeds: Iterable[Feed]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The micro-batches of ``feeds``; a run started later ends this one (the pipeline serves one at a time)."""
@@ -122,7 +160,12 @@ class _Runner:
                     raise RuntimeError("a DALI loader serves one epoch at a time: this one was left for a newer one")
                 if not self.pending:
                     break
-                outputs = self.pipe.outputs()
+                try:
+                    outputs = self.pipe.outputs()
+                except Exception:
+                    if self.check is not None:
+                        self.check()
+                    raise
                 labels = self.pending.popleft()
                 images = self._gather(outputs)
                 self._schedule(feeds)
@@ -196,11 +239,12 @@ class DaliTrainLoader(EpochSteps):
         self.order = self.options.batch_order(len(self.dataset))  # type: ignore[arg-type]
         copies = self.options.copies
         fused = copies == 1 if self.decode_per_view is None else self.decode_per_view
-        graph = Graph(self.recipe, self.image_size, copies, self.source.encoded, fused)
+        graph = Graph(self.recipe, self.image_size, copies, self.source.encoded, fused, self.source.channels)
         self.graph = graph
         self.runner = _Runner(
             graph, self.options.micro_batch, self.options.workers, self.options.device_id, self.options.view_layout
         )
+        self.runner.check = self.source.check
 
     def _feeds(self, epoch: int, start: int) -> Iterator[Feed]:
         options = self.options
@@ -235,9 +279,9 @@ class DaliEvalLoader:
         self.per_rank = max(1, -(-batch_size // world_size))
         self.indices = np.arange(rank, len(self.source), world_size, dtype=np.int64)
         plain = Recipe("none", recipe.resize_eval, False, recipe.mean, recipe.std)
-        graph = Graph(plain, image_size, 1, self.source.encoded, fused=False)
+        graph = Graph(plain, image_size, 1, self.source.encoded, fused=False, channels=self.source.channels)
         self.graph = graph
-        self.runner = _Runner(graph, self.per_rank, threads, device_id)
+        self.runner = _Runner(graph, self.per_rank, threads, device_id, check=self.source.check)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.per_rank)

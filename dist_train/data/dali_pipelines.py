@@ -109,6 +109,8 @@ class Graph:
     fused: bool
     """Encoded inputs, random-resized crops: each view decoded from its own window (``image_slice``); else
     each image decoded once."""
+    channels: int = 3
+    """Channels of the decoded images (1: greyscale)."""
 
     @property
     def slices(self) -> bool:
@@ -155,7 +157,11 @@ class Graph:
         with pipe:
             data = fn.external_source(name="data", layout=None if self.encoded else "HWC")
             params = fn.external_source(name="params")
-            decode = {"output_type": types.RGB, "adjust_orientation": False, "jpeg_fancy_upsampling": True}
+            decode = {
+                "output_type": types.GRAY if self.channels == 1 else types.RGB,
+                "adjust_orientation": False,
+                "jpeg_fancy_upsampling": True,
+            }
             decode_on = "mixed" if gpu else "cpu"
             if self.encoded and not self.slices:
                 images = fn.decoders.image(data, device=decode_on, **decode)

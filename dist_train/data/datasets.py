@@ -13,11 +13,11 @@ from dist_train.data.cifar import LAYOUTS, load_cifar
 from dist_train.data.imagefolder import ImageFileDataset, load_imagefolder
 from dist_train.data.mnist import IDX_SETS, load_mnist
 from dist_train.data.synthetic import make_synthetic
-from dist_train.data.transforms import build_transform, recipe_for
+from dist_train.data.transforms import build_transform, recipe_for, recipe_name
 from dist_train.data.views import ManyViews
 from dist_train.errors import ConfigError, DataError
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder")
+DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "webdataset")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -43,8 +43,9 @@ class DatasetSplits:
 def _transforms(cfg: DataConfig, size: int, copies: int) -> tuple[Transform, Transform]:
     """Training transform (``copies`` views of each image when > 1) and evaluation transform."""
     recipe = recipe_for(cfg)
-    train = build_transform(cfg.dataset, size, train=True, augment=cfg.augment, recipe=recipe)
-    return (ManyViews(train, copies) if copies > 1 else train), build_transform(cfg.dataset, size, train=False)
+    name = recipe_name(cfg)
+    train = build_transform(name, size, train=True, augment=cfg.augment, recipe=recipe)
+    return (ManyViews(train, copies) if copies > 1 else train), build_transform(name, size, train=False)
 
 
 def subset_indices(length: int, size: int, seed: int) -> torch.Tensor:
@@ -98,6 +99,8 @@ def build_datasets(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
         if test is None:  # MNIST given one pair only: hold out part of it
             train, test = split(train, cfg.val_fraction, cfg.split_seed)
         return _from_arrays(cfg, train, test, len(idx.class_names), copies, idx.class_names)
+    if cfg.dataset == "webdataset":
+        return _from_shards(cfg, copies)
     size = cfg.image_size or 224
     train_files, val_files, classes = load_imagefolder(cfg.root, cfg.val_fraction, cfg.split_seed)
     if cfg.train_subset:
@@ -111,3 +114,13 @@ def build_datasets(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
         size,
         tuple(classes),
     )
+
+
+def _from_shards(cfg: DataConfig, copies: int) -> DatasetSplits:
+    """The tar shards of ``dist-train shard`` in ``cfg.root`` (see :mod:`dist_train.data.shards`)."""
+    from dist_train.data.shards import load_shards
+
+    train, val = load_shards(cfg.root, cfg.train_subset, cfg.split_seed)
+    size = train.reader.image_size or cfg.image_size or 224
+    train.transform, val.transform = _transforms(cfg, size, copies)
+    return DatasetSplits(train, val, len(train.classes), train.channels, size, train.classes)

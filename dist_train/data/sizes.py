@@ -3,7 +3,7 @@
 ``dist-train plan`` needs only this number. It comes from, in order: an explicit count
 (``--train-size``); the config itself (synthetic sets); the data on disk when ``data.root`` is
 there, reading only what counts it (the IDX headers of MNIST-style sets, the file list of an
-ImageFolder tree; no image is decoded); the published size of a standard set (CIFAR, MNIST,
+ImageFolder tree, the manifest of tar shards; no image is decoded); the published size of a standard set (CIFAR, MNIST,
 Fashion-MNIST) when its files are not here. ``data.train_subset`` and the held-out split of sets
 without a test split apply as in training.
 """
@@ -18,6 +18,7 @@ from dist_train.config import DataConfig
 from dist_train.data.imagefolder import load_imagefolder
 from dist_train.data.mnist import IDX_SETS, PAIRS, locate
 from dist_train.errors import DataError
+from dist_train.plugins import is_import_path
 
 STANDARD_TRAIN_SIZES = {
     "cifar10": (50_000, "CIFAR-10"),
@@ -74,10 +75,19 @@ def train_size(cfg: DataConfig, given: int = 0) -> TrainSize:
     """The training set size of ``cfg`` (``given`` > 0 wins); a DataError when nothing tells it."""
     if given:
         size = TrainSize(given, "given with --train-size")
+    elif is_import_path(cfg.dataset):
+        from dist_train.data.plugin import train_count
+
+        size = TrainSize(train_count(cfg), f"counted by calling the factory {cfg.dataset}")
     elif cfg.dataset == "synthetic":
         size = TrainSize(cfg.synthetic_train_size, "data.synthetic_train_size")
     elif cfg.dataset in IDX_SETS and (found := _idx_size(cfg)) is not None:
         size = found
+    elif cfg.dataset == "webdataset":
+        from dist_train.data.shards import read_manifest
+
+        count = read_manifest(cfg.root)["splits"]["train"]["samples"]
+        size = TrainSize(count, f"the manifest of the shards in {cfg.root}")
     elif cfg.dataset == "imagefolder" and cfg.root and Path(cfg.root).expanduser().is_dir():
         train, _, _ = load_imagefolder(cfg.root, cfg.val_fraction, cfg.split_seed)
         size = TrainSize(len(train), f"counted from the file list of {cfg.root}")

@@ -40,11 +40,21 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def recipe_name(cfg: DataConfig) -> str:
+    """The data set whose recipe ``cfg`` takes: its own, or for tar shards their source's."""
+    if cfg.dataset == "webdataset":
+        from dist_train.data.shards import recipe_source
+
+        return recipe_source(cfg.root)
+    return cfg.dataset
+
+
 def recipe_for(cfg: DataConfig) -> Recipe:
     """The dataset's recipe with the config's crop/flip/pad choices applied (shared by both backends)."""
-    if cfg.dataset not in RECIPES:
-        raise ConfigError(f"no transforms for dataset '{cfg.dataset}'; known: {', '.join(sorted(RECIPES))}")
-    recipe = RECIPES[cfg.dataset]
+    name = recipe_name(cfg)
+    if name not in RECIPES:
+        raise ConfigError(f"no transforms for dataset '{name}'; known: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[name]
     crop = recipe.crop if cfg.crop == "auto" else cfg.crop
     flip = recipe.flip if cfg.flip is None else cfg.flip
     if not cfg.augment:
@@ -60,7 +70,7 @@ def build_transform(
     Random steps are used only when ``train`` and ``augment`` are both true; a training pipeline
     without augmentation is the evaluation pipeline. ``recipe`` replaces the dataset's default one.
     """
-    if dataset not in RECIPES:
+    if recipe is None and dataset not in RECIPES:
         raise ConfigError(f"no transforms for dataset '{dataset}'; known: {', '.join(sorted(RECIPES))}")
     recipe = recipe or RECIPES[dataset]
     random = train and augment
