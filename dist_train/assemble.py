@@ -25,16 +25,16 @@ from dist_train.config import Config, to_dict, to_yaml
 from dist_train.data import DatasetSplits, build_datasets
 from dist_train.data.loader import LoaderOptions, TrainLoader, build_eval_loader, build_train_loader, micro_batch_size
 from dist_train.data.tensor_loader import IN_MEMORY
-from dist_train.data.transforms import recipe_for
+from dist_train.data.transforms import Recipe, recipe_for
 from dist_train.diffusion import WeightDistance
 from dist_train.distributed import DistContext, agree
 from dist_train.errors import ConfigError
 from dist_train.models import build_model
-from dist_train.monitor import Monitor, NullMonitor
+from dist_train.monitor import Monitor, NullMonitor, check_records
 from dist_train.nn.ghost_bn import convert_to_ghost_bn
 from dist_train.optim import build_optimizer, build_scheduler
 from dist_train.regime import Plan, cross_epoch_batches, format_plan, plan_from_config
-from dist_train.rundir import History, check_resume, remove_partial_writes, write_config
+from dist_train.rundir import History, check_resume, recorded_config, remove_partial_writes, write_config
 from dist_train.trainer import Callback, Trainer, seed_everything
 
 
@@ -59,6 +59,8 @@ class Prepared:
     lines: list[str]
     """What to print once the run directory is open (resume, allowed changes, notes)."""
     plan_text: str
+    finished: bool = False
+    """The checkpoint ends the run: nothing to train, so config.yaml (and summary.json) stay as they are."""
 
 
 def build_trainer(
@@ -92,9 +94,17 @@ class Resume:
 
 def read_resume(cfg: Config, ctx: DistContext) -> Resume:
     """The run's checkpoint to resume (``cfg.resume``), loaded safely and checked against this config."""
-    path = checkpoint.find_resume(cfg.resume, Path(cfg.out_dir) / cfg.name / "checkpoints")
-    if path is None:
-        return Resume()
+    run_dir = Path(cfg.out_dir) / cfg.name
+    path = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
+    if path is None:  # a fresh start; a run directory that had a checkpoint still says what it trained
+        recorded = recorded_config(run_dir)
+        if recorded is None:
+            return Resume()
+        where = f"run {run_dir} (its checkpoint is gone) by its"
+        check = check_resume(
+            to_dict(cfg), {"config": recorded}, run_dir / "config.yaml", ctx.world_size, cfg.on_config_change, where
+        )
+        return Resume(lines=tuple(f"starting afresh with a changed config: {c}" for c in check.changes))
     state = checkpoint.load(path)
     check = check_resume(to_dict(cfg), state, path, ctx.world_size, cfg.on_config_change)
     lines = [f"continuing with a changed config (on_config_change=continue): {c}" for c in check.changes]
@@ -103,7 +113,9 @@ def read_resume(cfg: Config, ctx: DistContext) -> Resume:
 
 def build_network(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> nn.Module:
     """The model for ``data``, with Ghost BN as configured, on the run's device and memory format."""
-    model = build_model(cfg.model.name, data.num_classes, data.in_channels, data.image_size, cfg.model.width)
+    model = build_model(
+        cfg.model.name, data.num_classes, data.in_channels, data.image_size, cfg.model.width, cfg.model.kwargs
+    )
     apply_ghost_bn(model, cfg.bn.ghost_batch_size, micro_batch * cfg.augment.copies)
     model = model.to(ctx.device)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
@@ -136,6 +148,11 @@ def resolve_data_backend(cfg: Config, device: torch.device) -> None:
     cfg.data.backend = "tensor" if device.type == "cuda" and in_memory else "torch"
 
 
+def data_recipe(cfg: Config, data: DatasetSplits) -> Recipe:
+    """How ``data`` is augmented and normalised: the factory's recipe for a plug-in data set, else the config's."""
+    return data.recipe or recipe_for(cfg.data)
+
+
 def build_training_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> TrainLoader:
     """The training loader of ``data.backend``: torch DataLoader, DALI pipelines or device tensors, one contract.
 
@@ -146,11 +163,11 @@ def build_training_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, mi
     if cfg.data.backend == "dali":
         from dist_train.data.dali import DaliTrainLoader
 
-        return DaliTrainLoader(data.train, recipe_for(cfg.data), data.image_size, options)  # type: ignore[return-value]
+        return DaliTrainLoader(data.train, data_recipe(cfg, data), data.image_size, options)  # type: ignore[return-value]
     if cfg.data.backend == "tensor":
         from dist_train.data.tensor_loader import TensorTrainLoader
 
-        return TensorTrainLoader(data.train, recipe_for(cfg.data), options, ctx.device)  # type: ignore[arg-type,return-value]
+        return TensorTrainLoader(data.train, data_recipe(cfg, data), options, ctx.device)  # type: ignore[arg-type,return-value]
     return build_train_loader(data.train, options)
 
 
@@ -170,7 +187,7 @@ def build_val_loader(cfg: Config, ctx: DistContext, data: DatasetSplits) -> Data
         device_id = ctx.device.index if ctx.device.type == "cuda" else None
         return DaliEvalLoader(  # type: ignore[return-value]
             data.val,
-            recipe_for(cfg.data),
+            data_recipe(cfg, data),
             data.image_size,
             eval_batch,
             ctx.rank,
@@ -234,17 +251,21 @@ def prepare_trainer(
     trainer = Trainer(
         cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, NullMonitor(), run_dir, plan.epochs, callbacks
     )
-    lines = list(resume.lines)
+    lines, finished = list(resume.lines), False
     if resume.state is not None:
         trainer.load_state_dict(resume.state, resume.path)  # type: ignore[arg-type]
         lines.insert(0, f"resumed from {resume.path} at epoch {trainer.epoch}, step {trainer.step}")
-        if trainer.epoch >= trainer.total_epochs or trainer.stop_requested:
-            lines.append(f"the run has finished ({trainer.epoch} of {trainer.total_epochs} epochs): nothing to train")
+        finished = trainer.epoch >= trainer.total_epochs or trainer.stop_requested
+        if finished:
+            lines.append(
+                f"the run has finished ({trainer.epoch} of {trainer.total_epochs} epochs): nothing to train; "
+                "evaluating it (config.yaml and summary.json are kept)"
+            )
     elif initial_weights is not None:
         model.load_state_dict(initial_weights)
     lines.append(describe_run(cfg, ctx, model, data, train_loader, plan))
     resume_step = int(resume.state["step"]) if resume.state else None
-    return Prepared(trainer, resume.path, resume_step, lines, format_plan(plan))
+    return Prepared(trainer, resume.path, resume_step, lines, format_plan(plan), finished)
 
 
 def open_records(prepared: Prepared, cfg: Config) -> None:
@@ -253,9 +274,11 @@ def open_records(prepared: Prepared, cfg: Config) -> None:
     trainer = prepared.trainer
     run_dir = trainer.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_records(run_dir)
     leftovers = remove_partial_writes(run_dir)
     history = History(run_dir)
-    write_config(run_dir, to_yaml(cfg), history)
+    if not prepared.finished:
+        write_config(run_dir, to_yaml(cfg), history)
     monitor = Monitor(run_dir, resume_step=prepared.resume_step)
     trainer.monitor = monitor
     if leftovers:

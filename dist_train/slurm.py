@@ -28,6 +28,7 @@ from dist_train.config import Config
 from dist_train.data.loader import micro_batch_size
 from dist_train.distributed import restart_count
 from dist_train.errors import ClusterError, ConfigError, DataError
+from dist_train.plugins import check_imports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,9 +147,16 @@ def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Conf
         checkpoint.find_resume("never", run_dir / "checkpoints")
     elif cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume checkpoint not found: {cfg.resume}")
+    check_imports({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset})
     root = str(Path(cfg.data.root).resolve()) if cfg.data.root else ""
     data = dataclasses.replace(cfg.data, root=root)
     return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).resolve()), data=data)
+
+
+def describe_plugins(cfg: Config) -> str:
+    """Where the job will import the run's plug-ins from (imported here to check), and its working directory."""
+    lines = check_imports({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset}) or ["none"]
+    return "\n".join([*lines, f"working directory of the job (plug-in paths are relative to it): {os.getcwd()}"])
 
 
 class TrainJob:
@@ -160,6 +168,8 @@ class TrainJob:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.workdir = os.getcwd()
+        """Where the job runs: plug-ins (model.name, data.dataset) are imported relative to it."""
 
     def __call__(self) -> dict[str, Any]:
         submitit = import_submitit()
@@ -169,6 +179,7 @@ class TrainJob:
         # One rank per task: as many threads as the task has CPUs (torch is imported already, so
         # OMP_NUM_THREADS would come too late).
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
+        os.chdir(self.workdir)
         cfg = self.cfg
         if restart_count() > 0:  # a requeued job (`scontrol requeue` too) continues its own run
             cfg = dataclasses.replace(cfg, resume="auto")

@@ -36,6 +36,7 @@ from dist_train.data.arrays import TensorImageDataset
 from dist_train.data.dali_pipelines import Graph
 from dist_train.data.imagefolder import ImageFileDataset, load_image
 from dist_train.data.loader import EpochSteps, LoaderOptions, batch_seed
+from dist_train.data.plugin import MapImageDataset
 from dist_train.data.shards import ShardDataset, decode
 from dist_train.data.transforms import Recipe
 from dist_train.errors import ConfigError
@@ -60,7 +61,8 @@ Feed = tuple[Any, np.ndarray, torch.Tensor]
 
 
 class _Source:
-    """A dataset as pipeline input: the data of a list of indices, and each image's (height, width)."""
+    """A dataset as pipeline input: the data of a list of indices, and each image's (height, width) (and label,
+    for a factory's map-style dataset, once read)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.recent: deque[np.ndarray] = deque(maxlen=AHEAD + 1)
@@ -72,10 +74,14 @@ class _Source:
             self.labels = torch.zeros(len(dataset), dtype=torch.int64)
             self.sizes = np.full((len(dataset), 2), dataset.reader.image_size, dtype=np.int64)
             return
-        if not isinstance(dataset, TensorImageDataset | ImageFileDataset):
+        if not isinstance(dataset, TensorImageDataset | ImageFileDataset | MapImageDataset):
             raise ConfigError(f"data.backend=dali cannot read {type(dataset).__name__}")
         self.encoded = isinstance(dataset, ImageFileDataset)
-        if isinstance(dataset, ImageFileDataset):
+        self.items = dataset if isinstance(dataset, MapImageDataset) else None
+        if self.items is not None:  # a factory's map-style dataset: labels and sizes known once read
+            self.labels = torch.zeros(len(dataset), dtype=torch.int64)
+            self.sizes = np.zeros((len(dataset), 2), dtype=np.int64)
+        elif isinstance(dataset, ImageFileDataset):
             self.paths = [path for path, _ in dataset.samples]
             self.labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.int64)
             self.sizes = np.zeros((len(self.paths), 2), dtype=np.int64)  # read from the headers when first needed
@@ -93,6 +99,13 @@ class _Source:
         self.recent.append(indices)
         if self.shards is not None:
             return self._read_shards(indices)
+        if self.items is not None:
+            images = []
+            for i in indices.tolist():
+                image, self.labels[i] = self.items.raw(i)
+                images.append(image.permute(1, 2, 0).contiguous().numpy())
+                self.sizes[i] = image.shape[1:]
+            return images, self.sizes[indices]
         if not self.encoded:
             return self.images[indices], self.sizes[indices]
         files = [dali_pipelines.read_file(self.paths[i]) for i in indices.tolist()]

@@ -13,9 +13,10 @@ from dist_train.data.cifar import LAYOUTS, load_cifar
 from dist_train.data.imagefolder import ImageFileDataset, load_imagefolder
 from dist_train.data.mnist import IDX_SETS, load_mnist
 from dist_train.data.synthetic import make_synthetic
-from dist_train.data.transforms import build_transform, recipe_for, recipe_name
+from dist_train.data.transforms import Recipe, build_transform, recipe_for, recipe_name
 from dist_train.data.views import ManyViews
 from dist_train.errors import ConfigError, DataError
+from dist_train.plugins import is_import_path
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "webdataset")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -35,6 +36,8 @@ class DatasetSplits:
     """Side of the (square) training input."""
     class_names: tuple[str, ...] = ()
     """Name of each label (shown in TensorBoard); empty: the label numbers."""
+    recipe: Recipe | None = None
+    """Augmentation and normalisation when not the data set's entry of ``RECIPES`` (a factory's data set)."""
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if label < len(self.class_names) else str(label)
@@ -83,6 +86,10 @@ def _from_arrays(
 
 def build_datasets(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
     """Read (or generate) ``cfg.dataset`` and wrap it with its transforms (``copies`` training views)."""
+    if is_import_path(cfg.dataset):
+        from dist_train.data.plugin import factory_splits
+
+        return factory_splits(cfg, copies)
     if cfg.dataset not in DATASETS:
         raise ConfigError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
     if cfg.dataset == "synthetic":

@@ -43,3 +43,16 @@ def arrange_views(views: torch.Tensor, labels: torch.Tensor, layout: str) -> tup
     if layout == "copy_major":
         return views.transpose(0, 1).reshape(batch * copies, *views.shape[2:]), labels.repeat(copies)
     return views.reshape(batch * copies, *views.shape[2:]), labels.repeat_interleave(copies)
+
+
+def batch_views(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    copies: int,
+    layout: str = "copy_major",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch augmentation for any loop: (B, C, H, W) images -> (B·M, C', H', W') views, each image's ``copies``
+    views drawn independently by ``transform``, laid out as :func:`arrange_views` does, with labels to match."""
+    views = ManyViews(transform, copies)
+    return arrange_views(torch.stack([views(image) for image in images]), labels, layout)

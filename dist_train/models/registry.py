@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import Any
 
 from torch import nn
 
 from dist_train.errors import ConfigError
 from dist_train.models.cnn import C1
 from dist_train.models.mlp import MnistF1
+from dist_train.models.plugin import build_plugin_model
 from dist_train.models.resnet_cifar import DEPTHS, CifarResNet
 from dist_train.models.torchvision_models import build_torchvision_model, classification_names
 from dist_train.models.wide_resnet import WideResNet
+from dist_train.plugins import is_import_path
 
 PROJECT_MODELS: tuple[str, ...] = ("mnist_f1", "c1", *(f"resnet{depth}" for depth in DEPTHS))
 WRN_PATTERN = "wrn{depth}_{k}"
@@ -26,6 +29,7 @@ def available_models() -> list[str]:
         *PROJECT_MODELS,
         f"{WRN_PATTERN} (depth - 4 divisible by 6, e.g. wrn16_4, wrn28_10)",
         "any torchvision classification model, e.g. resnet18 (torchvision.models.list_models())",
+        "a factory by import path: my_pkg.nets:build or path/to/nets.py:build (model.kwargs are its arguments)",
     ]
 
 
@@ -55,14 +59,28 @@ def _build_wrn(name: str, depth: int, k: int, num_classes: int, in_channels: int
     return WideResNet(depth, k, num_classes, in_channels)
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 0) -> nn.Module:
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    width: int = 0,
+    kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
     """An untrained network ``name`` for (N, in_channels, image_size, image_size) inputs.
 
     It returns logits of shape (N, num_classes). ``width`` is the hidden width of ``mnist_f1`` or the
-    base channel width of ``c1`` and the CIFAR ResNets; 0 keeps the model's default. Raises
-    :class:`ConfigError` for an unknown name or arguments the model cannot take.
+    base channel width of ``c1`` and the CIFAR ResNets; 0 keeps the model's default. ``name`` may also
+    be a factory's import path (``module:attr`` or ``file.py:attr``, see :mod:`dist_train.models.plugin`),
+    called with ``kwargs``. Raises :class:`ConfigError` for an unknown name or arguments the model cannot take.
     """
     _check_positive(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    if is_import_path(name):
+        if width:
+            raise ConfigError(f"model width does not apply to {name!r}; pass the factory's arguments in model.kwargs")
+        return build_plugin_model(name, dict(kwargs or {}), num_classes, in_channels, image_size)
+    if kwargs:
+        raise ConfigError(f"model.kwargs apply to a model factory (model.name: module:attr), not to {name!r}")
     if isinstance(width, bool) or not isinstance(width, int) or width < 0:
         raise ConfigError(f"model width must be a non-negative integer (0 = default), got {width!r}")
     key = name.strip().lower()
