@@ -120,7 +120,7 @@ def answer_of(cfg: DataConfig) -> ArraySplits | DatasetPair:
 def _uint8_chw(value: Any, what: str, label: str, batch: bool) -> torch.Tensor:
     """``value`` as a uint8 tensor (N,)C×H×W: from numpy/torch (channels first or last, or no channel axis) or PIL."""
     if isinstance(value, Image.Image):
-        value = np.asarray(value if value.mode in ("L", "RGB") else value.convert("RGB"))
+        value = np.array(value if value.mode in ("L", "RGB") else value.convert("RGB"))
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
@@ -297,7 +297,7 @@ def factory_splits(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
     val_tf = build_transform(cfg.dataset, size, train=False, recipe=recipe)
     if copies > 1:
         train_tf = ManyViews(train_tf, copies)
-    classes = tuple(answer.classes)
+    classes = tuple(answer.classes) or tuple(getattr(getattr(answer, "train", None), "classes", ()))
     if isinstance(answer, ArraySplits):
         train = TensorImageDataset(train_arrays, train_tf, classes)
         val = TensorImageDataset(val_arrays, val_tf, classes)
