@@ -112,7 +112,7 @@ def main(experiment: BatchAug) -> None:
     parser = experiment_parser(experiment.doc)
     parser.add_argument("--copies", type=int, nargs="+", default=list(experiment.copies))
     parser.add_argument("--epochs", type=int, default=experiment.epochs)
-    parser.add_argument("--backend", choices=["torch", "dali"], default="dali")
+    parser.add_argument("--backend", choices=["torch", "dali", "tensor"], default="dali")
     args = parse(parser)
     if args.smoke:
         args.epochs = 2
