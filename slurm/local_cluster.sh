@@ -93,6 +93,8 @@ EOF
 }
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Whether pid file $1 names a running process of program $2 (not another process that reuses the pid).
+running_as() { running "$1" && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$2" ]; }
 
 # Start the slurmd of node $1 (on this machine for a one-node cluster; in its namespace otherwise).
 start_slurmd() {
@@ -130,6 +132,7 @@ start() {
         runuser -u munge -- /usr/sbin/munged --force
         for _ in $(seq 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.5; done
         munge -n | unmunge >/dev/null || die "munged does not answer"
+        cp /run/munge/munged.pid "$STATE/munged.pid"  # ours to stop; a munged found running is left alone
     fi
     running "$STATE/slurmctld.pid" || slurmctld
     for node in $(node_names); do start_slurmd "$node"; done
@@ -156,25 +159,27 @@ wait_idle() {
     die "not every node became idle within $1 s (logs above)"
 }
 
+# Stop the daemons this script started, by the pids they recorded (munged only if `start` started it):
+# SIGTERM, then SIGKILL for what still runs after 30 s. Processes it did not start are left alone.
 stop() {
     need_root stop
-    local pid_file pid_files
-    pid_files=("$STATE"/slurmd-*.pid "$STATE/slurmctld.pid")
-    for pid_file in "${pid_files[@]}"; do
-        if running "$pid_file"; then
-            kill "$(cat "$pid_file")"
-        fi
-    done
-    for _ in $(seq 30); do
-        local alive=0
-        for pid_file in "${pid_files[@]}"; do running "$pid_file" && alive=1; done
+    local pid_file pid_files program alive
+    pid_files=("$STATE"/slurmd-*.pid "$STATE/slurmctld.pid" "$STATE/munged.pid")
+    program_of() { case "$(basename "$1")" in slurmd-*) echo slurmd ;; *) basename "$1" .pid ;; esac; }
+    for signal in TERM KILL; do
+        for pid_file in "${pid_files[@]}"; do
+            program=$(program_of "$pid_file")
+            running_as "$pid_file" "$program" && kill -s "$signal" "$(cat "$pid_file")"
+        done
+        for _ in $(seq 30); do
+            alive=0
+            for pid_file in "${pid_files[@]}"; do running_as "$pid_file" "$(program_of "$pid_file")" && alive=1; done
+            ((alive)) || break
+            sleep 1
+        done
         ((alive)) || break
-        sleep 1
     done
-    pkill -KILL -x slurmd 2>/dev/null || true  # what did not stop in 30 s
-    pkill -KILL -x slurmctld 2>/dev/null || true
-    pkill -x munged 2>/dev/null || true
-    for _ in $(seq 30); do pgrep -x munged >/dev/null || break; sleep 0.5; done
+    rm -f "$STATE/munged.pid"
     [ -d "/run/dist_train_nodes/$LOCAL_NODES_NAME" ] && "$NODES_SH" down >/dev/null
     echo "SLURM stopped"
 }
