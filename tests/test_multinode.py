@@ -187,6 +187,25 @@ def test_two_node_job_trains_the_quickstart(cluster: list[str], tmp_path: Path) 
     assert "hostname=node1" in rank2 and "global_rank=2(4)" in rank2
 
 
+PLUGINS = (
+    "dist-train submit --config examples/own_data/config.yaml --nodes 2 --tasks-per-node 1 --wait "
+    "model.name=examples/own_model/nets.py:build model.width=0 train.epochs=1"
+)
+
+
+def test_two_node_job_imports_the_users_model_and_data_set(cluster: list[str], tmp_path: Path) -> None:
+    """A model and a data set from the user's .py files, imported by every rank on both nodes."""
+    dry = run_command(PLUGINS.replace(" --wait", " --dry-run"), f"out_dir={tmp_path}")
+    assert_ok(dry)
+    assert f"model.name=examples/own_model/nets.py:build imports from {REPO}/examples/own_model/nets.py" in dry.stdout
+    assert f"working directory of the job (plug-in paths are relative to it): {REPO}" in dry.stdout
+    result = run_command(PLUGINS, f"out_dir={tmp_path}", "data.kwargs.train_size=128")
+    assert_ok(result)
+    assert re.search(r"job \d+: own_data: val acc \d+\.\d+% after 4 steps", result.stdout), result.stdout
+    (start,) = starts(tmp_path / "own_data")
+    assert start["hosts"] == ["node0", "node1"]
+
+
 def test_two_node_job_array_of_a_sweep(cluster: list[str], tmp_path: Path) -> None:
     """A sweep of 2 runs as one job array whose every task spans both nodes."""
     result = run_command(SWEEP, f"out_dir={tmp_path}")
