@@ -46,14 +46,6 @@ def tar_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_atomically(path: Path, chunks: Iterator[bytes] | list[bytes]) -> None:
     """Write ``chunks`` to ``.<name>.tmp`` beside ``path``, flush it to disk, then rename it to ``path``."""
     temporary = path.with_name(f".{path.name}.tmp")
@@ -65,7 +57,7 @@ def write_atomically(path: Path, chunks: Iterator[bytes] | list[bytes]) -> None:
     os.replace(temporary, path)
 
 
-class _Shard:
+class ShardWriter:
     """One shard being written: its tar streams into ``.<name>.tar.tmp``; its index lines are kept."""
 
     def __init__(self, folder: Path, name: str) -> None:
@@ -137,21 +129,21 @@ def encoded_samples(dataset: object, split: str) -> Iterator[tuple[str, bytes, i
 def write_split(dataset: object, split: str, folder: Path, shard_size: int) -> dict[str, object]:
     """Shard one split (printing each finished shard); its manifest entry (sample count and shards)."""
     shards: list[dict[str, object]] = []
-    shard: _Shard | None = None
+    shard: ShardWriter | None = None
     count = 0
     for count, (ext, data, label) in enumerate(encoded_samples(dataset, split), 1):
         members = [(ext, data), ("cls", str(label).encode())]
         if shard is not None and shard.size + sum(2 * BLOCK + len(d) for _, d in members) > shard_size:
             shards.append(_finish(shard))
             shard = None
-        shard = shard or _Shard(folder, f"{split}-{len(shards):06d}")
+        shard = shard or ShardWriter(folder, f"{split}-{len(shards):06d}")
         shard.add(f"{count - 1:08d}", members)
     if shard is not None:
         shards.append(_finish(shard))
     return {"samples": count, "shards": shards}
 
 
-def _finish(shard: _Shard) -> dict[str, object]:
+def _finish(shard: ShardWriter) -> dict[str, object]:
     entry = shard.close()
     print(f"{shard.tar}: {entry['samples']} samples, {entry['bytes'] / 2**20:.1f} MiB", flush=True)
     return entry
