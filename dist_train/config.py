@@ -323,6 +323,11 @@ class CheckpointConfig:
     Resuming from such a checkpoint starts the epoch's data at that step, skipping the samples before it
     without reading them, and the run continues exactly as if it had not stopped (a micro-batch's
     augmentation never depends on the batches before it: dist_train/data/loader.py)."""
+    sigterm_budget_s: float = bounded(20.0, low=0.0, high=3600.0)
+    """On SIGTERM (``scancel``, preemption, ``timeout``), every rank stops after the same training step and
+    writes a checkpoint there if the last save took less than what is left of this many seconds since the
+    signal (SLURM and torchrun kill 30 s after SIGTERM by default); else the run resumes from its last
+    checkpoint. Either way the lock is released and one line says which."""
 
 
 @dataclass
