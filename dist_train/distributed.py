@@ -36,6 +36,8 @@ class DistContext:
     group: dist.ProcessGroup | None = None
     """The process group this context trains over (None: the whole world); rank and
     world_size are this process's place within it."""
+    host_group: dist.ProcessGroup | None = None
+    """The ranks of ``group`` over gloo, for small host-side tensors, when ``group`` is NCCL's."""
     hosts: tuple[str, ...] = ()
     """The host name of every rank of the group, in rank order."""
     restarts: int = 0
@@ -50,6 +52,11 @@ class DistContext:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def cpu_group(self) -> dist.ProcessGroup | None:
+        """A group over this context's ranks that takes CPU tensors (``group`` itself unless it is NCCL's)."""
+        return self.host_group if self.backend == "nccl" else self.group
 
 
 def _env_int(name: str, default: int) -> int:
@@ -156,6 +163,8 @@ def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 60
             timeout=timeout,
             device_id=torch_device if torch_device.type == "cuda" else None,
         )
+        if chosen == "nccl":  # every rank creates it, in the same order
+            context = replace(context, host_group=dist.new_group(backend="gloo", timeout=timeout))
     try:
         if dist.is_initialized():
             places = all_gather_objects((socket.gethostname(), restart_count()))

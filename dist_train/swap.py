@@ -219,27 +219,38 @@ def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
         trainer.monitor.close()
 
 
-def replica_groups(world_size: int, replica_size: int) -> list[dist.ProcessGroup | None]:
+def replica_groups(world_size: int, replica_size: int, backend: str | None = None) -> list[dist.ProcessGroup | None]:
     """One process group per replica of consecutive ranks (every rank must create all of them)."""
     if world_size == 1:
         return [None]
-    return [dist.new_group(list(range(start, start + replica_size))) for start in range(0, world_size, replica_size)]
+    starts = range(0, world_size, replica_size)
+    return [dist.new_group(list(range(start, start + replica_size)), backend=backend) for start in starts]
 
 
-def replica_context(ctx: DistContext, replica_size: int, groups: list[dist.ProcessGroup | None]) -> DistContext:
-    """This process's place in its replica."""
-    first = ctx.rank - ctx.rank % replica_size
-    hosts = ctx.hosts[first : first + replica_size]
+def replica_context(
+    ctx: DistContext,
+    replica_size: int,
+    groups: list[dist.ProcessGroup | None],
+    host_groups: list[dist.ProcessGroup | None] | None = None,
+) -> DistContext:
+    """This process's place in its replica (``host_groups``: the replicas' gloo groups, with NCCL)."""
+    first, replica = ctx.rank - ctx.rank % replica_size, ctx.rank // replica_size
     return replace(
-        ctx, rank=ctx.rank % replica_size, world_size=replica_size, group=groups[ctx.rank // replica_size], hosts=hosts
+        ctx,
+        rank=ctx.rank % replica_size,
+        world_size=replica_size,
+        group=groups[replica],
+        host_group=host_groups[replica] if host_groups else None,
+        hosts=ctx.hosts[first : first + replica_size],
     )
 
 
 def run_phase2(cfg: Config, ctx: DistContext, phase1: dict[str, Any], replica_size: int) -> tuple[Trainer, dict]:
     """Each replica trains its own copy from the phase-1 weights; nothing crosses replicas."""
     groups = replica_groups(ctx.world_size, replica_size)
+    host_groups = replica_groups(ctx.world_size, replica_size, "gloo") if ctx.backend == "nccl" else None
     replica = ctx.rank // replica_size
-    local = replica_context(ctx, replica_size, groups)
+    local = replica_context(ctx, replica_size, groups, host_groups)
     own = phase2_config(cfg, replica, Path(cfg.out_dir) / cfg.name)
     trainer = build_trainer(own, local, initial_weights=phase1["model"])
     try:

@@ -38,6 +38,7 @@ from dist_train.grad_reduce import needs_layout_free_reduction, per_tensor_allre
 from dist_train.monitor import Monitor
 from dist_train.nn.ghost_bn import averaged_bn_buffers, bn_running_buffers, has_ghost_bn
 from dist_train.rundir import check_model_fits
+from dist_train.stop import GUARD, StopVote, Terminated
 
 
 class Callback(Protocol):
@@ -203,6 +204,7 @@ class Trainer:
         self.stop_requested = False  # set by a callback to end training after the current epoch
         self.diverged = False  # an epoch's training loss was not finite
         self._partial: EpochProgress | None = None  # where a mid-epoch checkpoint left the current epoch
+        self.last_save: tuple[int | None, float] = (None, 0.0)  # the step of this process's last checkpoint, seconds
         self.train_loss = float("nan")  # of the last epoch trained
         self._wrapped: nn.Module | None = None
         self.step_guard: Callable[[], Any] = nullcontext
@@ -318,21 +320,28 @@ class Trainer:
             self.monitor.advance(partial.steps)
         every = self.cfg.checkpoint.every_steps
         start = time.perf_counter()
+        # A SIGTERM during the steps is only recorded; the ranks agree after each step whether one came.
+        vote, index = StopVote(self.ctx.cpu_group, self.ctx.is_distributed), done_before
         # Metrics stay on the device: the host reads them only every train.log_every steps, at a mid-epoch
         # checkpoint and at the epoch's end, so steps queue on the GPU without waiting for each other.
-        for index, group in enumerate(groups, start=done_before + 1):
-            with self.step_guard():
-                loss_sum, correct, count, grad_norm = self.train_step(group)
-                totals += torch.stack([loss_sum.double(), correct.double(), count.double()])
-            if every and self.step % every == 0 and index < steps_per_epoch:
-                self.save_checkpoint(EpochProgress(index, totals.tolist()))
-            if self.step % self.cfg.train.log_every == 0:
-                loss, norm = torch.stack([loss_sum / count, grad_norm.to(loss_sum.device)]).tolist()  # one read
-                values = {"train/step_loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
-                if not math.isnan(norm):
-                    values["train/grad_norm"] = norm
-                self.monitor.log(self.step, values, epoch=epoch + 1)
-                self.monitor.advance(self.cfg.train.log_every, loss=loss)
+        with GUARD.deferred():
+            for index, group in enumerate(groups, start=done_before + 1):
+                with self.step_guard():
+                    loss_sum, correct, count, grad_norm = self.train_step(group)
+                    totals += torch.stack([loss_sum.double(), correct.double(), count.double()])
+                if every and self.step % every == 0 and index < steps_per_epoch:
+                    self.save_checkpoint(EpochProgress(index, totals.tolist()))
+                if self.step % self.cfg.train.log_every == 0:
+                    loss, norm = torch.stack([loss_sum / count, grad_norm.to(loss_sum.device)]).tolist()  # one read
+                    values = {"train/step_loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
+                    if not math.isnan(norm):
+                        values["train/grad_norm"] = norm
+                    self.monitor.log(self.step, values, epoch=epoch + 1)
+                    self.monitor.advance(self.cfg.train.log_every, loss=loss)
+                if vote.poll(GUARD.received):
+                    break
+            if vote.finish(GUARD.received):
+                raise Terminated(self._stop_for_sigterm(EpochProgress(index, totals.tolist())))
         all_reduce_sum(totals, self.ctx.group)
         loss_sum, correct, count = totals.tolist()  # waits for the device: the epoch's time includes its work
         seconds = time.perf_counter() - start
@@ -488,7 +497,30 @@ class Trainer:
 
     def save_checkpoint(self, progress: EpochProgress | None = None) -> None:
         """Collective (gathers RNG states); only rank 0 writes, and a failed write (a full disk) stops every rank."""
+        started = time.monotonic()
         state = self.state_dict(progress)
         agree(
             lambda: checkpoint.atomic_save(state, self.checkpoint_path) if self.ctx.is_primary else None, self.ctx.group
         )
+        self.last_save = (self.step, time.monotonic() - started)
+
+    def _stop_for_sigterm(self, progress: EpochProgress) -> str:
+        """Checkpoint at ``progress`` when the last save fits in what is left of ``checkpoint.sigterm_budget_s``
+        (every rank agrees); the line that says where the run stopped and where it resumes."""
+        budget = self.cfg.checkpoint.sigterm_budget_s
+        left = budget - GUARD.seconds_since()
+        last_step, last_seconds = self.last_save
+        skip = torch.tensor([int(last_seconds > left)], dtype=torch.int32)
+        if self.ctx.is_distributed:
+            dist.all_reduce(skip, group=self.ctx.cpu_group)
+        where = f"stopped by SIGTERM after step {self.step} (epoch {self.epoch + 1}, step {progress.steps} of it)"
+        if skip.item():
+            self.monitor.event(self.step, "stopped", signal="SIGTERM", checkpoint=False)
+            resumes = f"resumes from step {last_step}" if last_step is not None else "starts again from step 0"
+            return (
+                f"{where}: no checkpoint (the last took {last_seconds:.1f} s, more than the {max(left, 0):.1f} s "
+                f"left of checkpoint.sigterm_budget_s={budget:g}); the run {resumes}"
+            )
+        self.save_checkpoint(progress)
+        self.monitor.event(self.step, "stopped", signal="SIGTERM", checkpoint=True)
+        return f"{where}: checkpoint {self.checkpoint_path} written in {self.last_save[1]:.1f} s; the run resumes there"

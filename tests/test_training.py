@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, assert_ok, free_port, load_weights, read_metrics, run_cli, subprocess_env
+from conftest import (
+    REPO,
+    TINY,
+    assert_ok,
+    free_port,
+    load_weights,
+    read_metrics,
+    run_cli,
+    subprocess_env,
+    torchrun_cmd,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -175,6 +186,62 @@ def test_sigkill_of_a_worker_restarts_and_resumes(reference_run_4, tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("val/acc")] == [16, 32]
     assert [r["step"] for r in read_metrics(run_dir) if "val/acc" in r] == [16, 32]
+
+
+# 64 steps an epoch: long enough to signal the run inside its second epoch.
+LONGER = [*TINY, "data.synthetic_train_size=2048", "train.log_every=1"]
+
+
+def test_sigterm_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path):
+    """SIGTERM to torchrun (what ``timeout`` and SLURM send): both ranks stop after the same step, the step
+    is checkpointed, the lock is released and rank 0 says so in one line; the run then resumes there and
+    ends with the weights of a run never stopped."""
+    args = ["train", *LONGER, f"out_dir={tmp_path}"]
+    assert_ok(run_cli([*args, "name=straight"], nproc=2))
+    run_dir = tmp_path / "stopped"
+    launcher = subprocess.Popen(
+        [*torchrun_cmd(2), "-m", "dist_train", *args, "name=stopped"],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and launcher.poll() is None:
+            metrics = run_dir / "metrics.jsonl"
+            steps = [r["step"] for r in read_metrics(run_dir) if "train/step_loss" in r] if metrics.exists() else []
+            if steps and steps[-1] >= 70:
+                launcher.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.01)
+        output, _ = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    lines = [line for line in output.splitlines() if "stopped by SIGTERM" in line]
+    assert len(lines) == 1, output[-4000:]
+    stopped = re.fullmatch(
+        r"dist-train: stopped by SIGTERM after step (\d+) \(epoch 2, step (\d+) of it\): "
+        r"checkpoint \S+last.pt written in [\d.]+ s; the run resumes there",
+        lines[0],
+    )
+    assert stopped, lines[0]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-4000:]
+    assert not (run_dir / ".lock").exists()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == int(stopped.group(1)) and state["epoch_progress"]["steps"] == int(stopped.group(2))
+    assert read_metrics(run_dir)[-1] == {
+        "step": state["step"],
+        "event": "stopped",
+        "signal": "SIGTERM",
+        "checkpoint": True,
+    }
+    resumed = run_cli([*args, "name=stopped"], nproc=2)
+    assert_ok(resumed)
+    assert f"at epoch 1, step {state['step']}" in resumed.stdout + resumed.stderr
+    for name, tensor in load_weights(tmp_path / "straight").items():
+        assert torch.equal(tensor, load_weights(run_dir)[name]), name
 
 
 def test_two_nodes_with_c10d_rendezvous(tmp_path):
