@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, assert_ok, read_metrics, run_cli, subprocess_env
+from conftest import REPO, TINY, assert_ok, load_weights, read_metrics, run_cli, subprocess_env
 from test_slurm import job_id_of, job_info, queued_jobs, release_requeued, wait_until
 
 NODES_SH = REPO / "slurm" / "local_nodes.sh"
@@ -225,6 +225,22 @@ LONG = [*TINY, "train.epochs=10", "checkpoint.every_steps=8", "dist.timeout_s=60
 have to outlast SLURM's reaction time (up to 30 s for a time-limit check, 30 s or more to find a node lost)."""
 
 
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The LONG run on 4 local processes, never interrupted: the weights every requeued 2 × 2 job must end with
+    (bitwise: the gradient sums of 4 ranks do not depend on where the ranks run or when they restarted)."""
+    out = tmp_path_factory.mktemp("long_reference")
+    assert_ok(run_cli(["train", "--config", "configs/quickstart.yaml", *LONG, f"out_dir={out}"], nproc=4))
+    return out / "quickstart"
+
+
+def assert_same_weights(run_dir: Path, reference: Path) -> None:
+    weights, expected = load_weights(run_dir), load_weights(reference)
+    assert weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(weights[name], tensor), name
+
+
 def job_ranks(run_dir: Path) -> list[int]:
     """Pids of the job's ranks (submitit's task processes, whose command line names the run's log folder)."""
     logs = str(run_dir / "slurm")
@@ -263,7 +279,7 @@ def paused_long_job(tmp_path: Path) -> Iterator[tuple[str, Path, list[int]]]:
         subprocess.run(["scancel", job], capture_output=True)
 
 
-def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path) -> None:
+def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path, long_reference: Path) -> None:
     """A 2-node job reaches its time limit: SLURM signals it (USR2, --signal-delay-s before the limit), submitit
     requeues it, and the requeued job resumes from its last checkpoint to the uninterrupted run's step count.
     The ranks are paused (SIGSTOP) from the first checkpoint on; SLURM resumes them (SIGCONT) with its signal."""
@@ -283,6 +299,7 @@ def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path) -> 
     assert 0 < resumed["step"] < 160 and resumed["step"] % 8 == 0  # inside the run, at a checkpoint
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 160 and summary["world_size"] == 4
+    assert_same_weights(run_dir, long_reference)
 
 
 ENDED = ("FAILED", "NODE_FAIL", "CANCELLED", "TIMEOUT")
@@ -299,7 +316,7 @@ def step_daemons(job: str) -> list[str]:
     return found.stdout.split()
 
 
-def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path) -> None:
+def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path, long_reference: Path) -> None:
     """node1's slurmd dies mid-run: SLURM sets the node down and requeues the job; no rank outlives the job by
     more than dist.timeout_s, the checkpoint stays readable, and once the node is back the job resumes and ends
     with the uninterrupted run's step count. The ranks are paused (SIGSTOP) from the kill until SLURM has acted,
@@ -336,6 +353,7 @@ def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path) -> N
             assert summary["steps"] == 160
             resumed = starts(run_dir)[-1]
             assert resumed["resumed_from"].endswith("last.pt") and resumed["step"] == state["step"]
+            assert_same_weights(run_dir, long_reference)
     finally:
         subprocess.run(["bash", str(CLUSTER_SH), "slurmd", "node1"], capture_output=True)  # back up in any case
     print(f"SLURM noticed after {noticed - killed:.0f} s; every rank gone {ranks_gone - noticed:.0f} s later")
