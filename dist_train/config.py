@@ -180,6 +180,7 @@ class OptimConfig:
     """The optimizer."""
 
     name: Literal["sgd", "adamw"] = "sgd"
+    """SGD (with ``momentum``, ``nesterov``) or AdamW (with ``betas``)."""
     lr: float = bounded(0.1, low=0.0, low_open=True)
     """Peak learning rate (reached after warm-up)."""
     momentum: float = bounded(0.9, low=0.0, high=1.0)
@@ -187,6 +188,7 @@ class OptimConfig:
     nesterov: bool = False
     """Nesterov momentum (SGD)."""
     weight_decay: float = bounded(1e-4, low=0.0)
+    """L2 penalty (SGD) or decoupled weight decay (AdamW)."""
     betas: list[float] = field(
         default_factory=lambda: [0.9, 0.999], metadata=limits(0.0, 1.0, high_open=True, length=2)
     )
@@ -200,9 +202,11 @@ class ScheduleConfig:
     """The learning-rate schedule, per optimizer step."""
 
     name: Literal["constant", "step", "cosine"] = "step"
+    """constant lr, ``step`` decays at ``milestones``, or ``cosine`` annealing to ``min_lr_factor``·lr."""
     milestones: list[float] = field(default_factory=list, metadata=limits(low=0.0))
     """Epochs at which ``step`` multiplies the lr by ``gamma``."""
     gamma: float = bounded(0.1, low=0.0, low_open=True)
+    """Multiplier of the lr at each milestone of ``step``."""
     factors: list[float] = field(default_factory=list, metadata=limits(low=0.0, low_open=True))
     """Instead of ``gamma``: the lr multiplier in force after each milestone (one per milestone),
     e.g. [0.2, 0.04, 0.001] for 0.1 → 0.02 → 0.004 → 1e-4."""
@@ -211,6 +215,7 @@ class ScheduleConfig:
     warmup_steps: int = bounded(0, low=0)
     """Warm-up length in optimizer steps (takes precedence over ``warmup_epochs``)."""
     warmup_start_factor: float = bounded(0.0, low=0.0, high=1.0)
+    """The warm-up's first lr as a fraction of the peak lr."""
     min_lr_factor: float = bounded(0.0, low=0.0, high=1.0)
     """Final lr of ``cosine`` as a fraction of the peak lr."""
 
@@ -220,6 +225,7 @@ class TrainConfig:
     """The loop."""
 
     epochs: int = bounded(10, low=1)
+    """Passes over the training set (with ``regime.adapt``: the reference's epochs)."""
     grad_clip_norm: float = bounded(0.0, low=0.0)
     """Clip the global gradient norm to this value; 0 disables clipping."""
     grad_accum_steps: int = bounded(1, low=1)
@@ -290,8 +296,11 @@ class SwapPhase2Config:
     batch_size: int = bounded(128, low=1)
     """Global batch of one replica (split over its processes)."""
     epochs: int = bounded(2, low=1)
+    """Epochs every replica trains."""
     lr: float = bounded(0.01, low=0.0, low_open=True)
+    """Peak lr of every replica."""
     schedule: Literal["constant", "cosine"] = "cosine"
+    """lr schedule of every replica over its epochs."""
 
 
 @dataclass
@@ -299,6 +308,7 @@ class SwapConfig:
     """SWAP (Gupta et al. 2020): large-batch DDP, independent small-batch replicas, one average."""
 
     enabled: bool = False
+    """Run the three SWAP phases instead of one training run."""
     replica_size: int = bounded(0, low=0)
     """Processes per phase-2 replica; 0 = one replica per node (torchrun's LOCAL_WORLD_SIZE); 1 = one per process."""
     phase1_max_epochs: int = bounded(0, low=0)
@@ -356,6 +366,7 @@ class Config:
     out_dir: str = "runs"
     """Parent of run directories (shared between nodes in multi-node jobs)."""
     seed: int = bounded(0, low=0, high=SEED_MAX)
+    """Seed of the model's initialisation, the data order and the augmentation draws."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when available, else CPU."""
     resume: str = "auto"
