@@ -1,0 +1,134 @@
+"""The config reference, generated from the schema itself (dist_train/config.py), so it cannot drift.
+
+Every key of :class:`dist_train.config.Config` with its type, default, valid values (the ``Literal``
+choices, or the range its field metadata declares through ``bounded``/``limits``) and the attribute
+docstring written under it in the source. Used as a MkDocs hook (``hooks:`` in mkdocs.yml): the line
+``<!-- config-reference -->`` of a page is replaced by the tables. ``python docs/hooks/config_reference.py``
+prints them.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+MARKER = "<!-- config-reference -->"
+SOURCE = Path(__file__).resolve().parents[2] / "dist_train" / "config.py"
+
+
+@dataclasses.dataclass
+class Key:
+    """One config key as the reference shows it."""
+
+    name: str
+    type: str
+    default: str
+    values: str
+    doc: str
+
+
+def attribute_docs(source: str) -> dict[str, tuple[str, dict[str, tuple[str, str]]]]:
+    """Per class of ``source``: its docstring and, per field, (annotation, the string literal under it)."""
+    classes = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        members: dict[str, tuple[str, str]] = {}
+        body = node.body
+        for i, statement in enumerate(body):
+            if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+                after = body[i + 1] if i + 1 < len(body) else None
+                is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                doc = inspect.cleandoc(after.value.value) if is_doc else ""  # type: ignore[union-attr]
+                members[statement.target.id] = (ast.unparse(statement.annotation), doc)
+        classes[node.name] = (inspect.cleandoc(ast.get_docstring(node) or ""), members)
+    return classes
+
+
+def markdown(text: str) -> str:
+    """Docstring markup as Markdown on one table row: ``x`` and :role:`x` become `x`, lines are joined."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    text = text.replace("``", "`")
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"' if value == "" else value
+    return repr(value)
+
+
+def valid_values(annotation: str, f: dataclasses.Field, hint: Any) -> str:
+    """The Literal's choices, else the declared range, else nothing."""
+    if typing.get_origin(hint) is typing.Literal:
+        return ", ".join(f"`{choice}`" for choice in typing.get_args(hint))
+    bound = f.metadata.get("range")
+    if bound is None:
+        return ""
+    text = bound.describe()
+    if bound.length is not None:
+        return f"{bound.length} values, each {text}"
+    return f"each {text}" if annotation.startswith("list") else text
+
+
+def sections(schema: type | None = None, prefix: str = "") -> list[tuple[str, str, list[Key]]]:
+    """(dotted section, its docstring, its keys), the top-level keys first, then each nested dataclass."""
+    from dist_train import config
+
+    schema = schema or config.Config
+    docs = attribute_docs(SOURCE.read_text(encoding="utf-8"))
+    hints = typing.get_type_hints(schema, vars(config), include_extras=True)
+    class_doc, members = docs[schema.__name__]
+    keys, nested = [], []
+    for f in dataclasses.fields(schema):
+        annotation, doc = members[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested.append((f"{prefix}{f.name}", hints[f.name]))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        keys.append(
+            Key(
+                name=f"{prefix}{f.name}",
+                type=annotation.replace("Optional[", "").rstrip("]") + " or null"
+                if annotation.startswith("Optional[")
+                else ("choice" if annotation.startswith("Literal[") else annotation),
+                default=yaml_value(default),
+                values=valid_values(annotation, f, hints[f.name]),
+                doc=markdown(doc),
+            )
+        )
+    result = [(prefix.rstrip(".") or "top level", markdown(class_doc), keys)]
+    for name, sub in nested:
+        result.extend(sections(sub, f"{name}."))
+    return result
+
+
+def reference() -> str:
+    """Every section as a heading, its docstring and a table of its keys."""
+    out = []
+    for name, doc, keys in sections():
+        out += [f"## `{name}`" if name != "top level" else "## Top level", "", doc, ""]
+        out += ["| key | type | default | valid values | what it does |", "| --- | --- | --- | --- | --- |"]
+        for key in keys:
+            default = f"`{key.default}`"
+            out.append(f"| `{key.name}` | `{key.type}` | {default} | {key.values} | {key.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def on_page_markdown(markdown_text: str, **kwargs: Any) -> str:
+    """MkDocs hook: the marker line becomes the reference."""
+    return markdown_text.replace(MARKER, reference()) if MARKER in markdown_text else markdown_text
+
+
+if __name__ == "__main__":
+    print(reference())
