@@ -34,8 +34,8 @@ SLURM_STATE = Path("/var/spool/dist_train_slurm")
 
 TWO_BY_TWO = ["--nodes", "2", "--tasks-per-node", "2", "--time", "10"]
 
-# The commands README.md shows for many nodes. The tests run them as written, adding only out_dir=<a temporary
-# folder>; test_readme_shows_the_commands_run_here keeps the two in step.
+# The commands the docs show for many nodes (docs/many-gpus-and-nodes.md). The tests run them as written, adding
+# only out_dir=<a temporary folder>; test_readme_shows_the_commands_run_here keeps the two in step.
 TORCHRUN = (
     "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d "
     "--rdzv-endpoint=node0:29400 --rdzv-id=exp1 --max-restarts=1 "
@@ -511,7 +511,9 @@ def test_torchrun_across_two_nodes_restarts_after_a_killed_worker(own_nodes: str
 
 
 def test_readme_shows_the_commands_run_here() -> None:
-    """README.md's many-node commands are these tests' commands, word for word."""
-    readme = " ".join((REPO / "README.md").read_text().replace("\\\n", " ").split())  # continued lines joined
+    """The many-node commands of the docs (docs/many-gpus-and-nodes.md) are these tests' commands, word for word
+    (tests/test_docs.py checks every other command the README and the docs show)."""
+    page = (REPO / "docs" / "many-gpus-and-nodes.md").read_text()
+    shown = " ".join(page.replace("\\\n", " ").split())  # continued lines joined
     for command in (TORCHRUN, LAUNCH, SUBMIT, SWEEP, SWAP):
-        assert command in readme, command
+        assert command in shown, command

@@ -74,7 +74,7 @@ def valid_values(annotation: str, f: dataclasses.Field, hint: Any) -> str:
     bound = f.metadata.get("range")
     if bound is None:
         return ""
-    text = bound.describe()
+    text = bound.describe().replace(str(2**63 - 1), "2⁶³ − 1")
     if bound.length is not None:
         return f"{bound.length} values, each {text}"
     return f"each {text}" if annotation.startswith("list") else text
