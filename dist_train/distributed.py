@@ -78,7 +78,7 @@ def _check_environment(rank: int, world_size: int, local_rank: int) -> None:
         if missing:
             raise ConfigError(
                 f"WORLD_SIZE={world_size} but {' and '.join(missing)} not set: launch with torchrun or srun "
-                "(see README), not by setting RANK/WORLD_SIZE by hand"
+                "(see docs/many-gpus-and-nodes.md), not by setting RANK/WORLD_SIZE by hand"
             )
 
 
