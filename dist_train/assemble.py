@@ -100,7 +100,7 @@ def read_resume(cfg: Config, ctx: DistContext) -> Resume:
         recorded = recorded_config(run_dir)
         if recorded is None:
             return Resume()
-        where = f"run {run_dir} (its checkpoint is gone) by its"
+        where = "the run (its checkpoint is gone) recorded in"
         check = check_resume(
             to_dict(cfg), {"config": recorded}, run_dir / "config.yaml", ctx.world_size, cfg.on_config_change, where
         )

@@ -22,6 +22,24 @@ import torch
 from dist_train.errors import CheckpointError, ResourceError, describe_os_error, one_line
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step")
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "epoch": int,
+    "step": int,
+    "best_accuracy": (int, float),
+    "stop_requested": bool,
+    "diverged": bool,
+    "train_loss": (int, float),
+    "world_size": int,
+    "config": dict,
+    "callbacks": dict,
+    "bn_buffers": list,
+    "rng": list,
+    "epoch_progress": (dict, type(None)),
+}
+"""The type of each top-level field a checkpoint may hold."""
 LAST = "last.pt"
 
 
@@ -102,6 +120,9 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {_read_failure(e)}") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a dist_train checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+    for key, kind in FIELD_TYPES.items():
+        if key in state and not isinstance(state[key], kind):
+            raise CheckpointError(f"{path} is not a dist_train checkpoint: its '{key}' is {state[key]!r:.40}")
     return state
 
 

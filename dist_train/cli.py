@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 
 from dist_train.config import Config, load_config, to_yaml
@@ -234,8 +235,46 @@ def resource_failure(error: RuntimeError) -> str | None:
             + (f" (could not allocate {size})" if size else "")
             + ": lower data.batch_size (raise train.grad_accum_steps to keep the batch) or the data held in memory"
         )
+    timed_out = re.search(r"Timed out waiting (\d+)ms for (\w+)", text)
+    if timed_out:
+        return (
+            f"{_silent_peer()} stopped answering: no reply within {int(timed_out.group(1)) / 1000:g} s "
+            f"(dist.timeout_s) to the {timed_out.group(2)} of {_collective(error)}; that process hangs, was stopped "
+            "or lost its node"
+        )
     if any(marker in text for marker in PEER_LOST) or type(error).__name__ == "DistBackendError":
         return "lost contact with the other processes of the job (another rank failed or was killed: see its error)"
+    return None
+
+
+def _silent_peer() -> str:
+    """The rank this one waited for, where that is knowable (two ranks: the other one)."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    if world == "2" and rank in ("0", "1"):
+        return f"rank {1 - int(rank)}"
+    return "another rank" if world != "1" else "a peer"
+
+
+def _collective(error: BaseException) -> str:
+    """The torch.distributed operation that ``error`` came out of, e.g. ``all_reduce``."""
+    frames = traceback.extract_tb(error.__traceback__)
+    names = [frame.name for frame in frames if frame.filename.endswith("distributed_c10d.py")]
+    if names:
+        return names[0]
+    return "the gradient all-reduce" if any(frame.name == "backward" for frame in frames) else "a collective"
+
+
+def failure_line(error: Exception) -> str | None:
+    """The one line that reports ``error``: the user's input, the machine or another rank; None for a bug
+    (whose traceback is then shown)."""
+    if isinstance(error, DistTrainError):
+        return one_line(error)
+    if isinstance(error, OSError):  # full disk, permission denied, read-only file system, ...
+        return describe_os_error(error)
+    if isinstance(error, MemoryError):
+        return "out of memory in host RAM: lower data.batch_size or data.num_workers"
+    if isinstance(error, RuntimeError):
+        return resource_failure(error)
     return None
 
 
@@ -265,17 +304,11 @@ def main(argv: list[str] | None = None) -> int:
 
         train(cfg)
         return 0
-    except DistTrainError as e:
-        return _fail(one_line(e))
-    except OSError as e:  # full disk, permission denied, read-only file system, ...
-        return _fail(describe_os_error(e))
-    except MemoryError:
-        return _fail("out of memory in host RAM: lower data.batch_size or data.num_workers")
-    except RuntimeError as e:
-        reason = resource_failure(e)
-        if reason is None:
+    except Exception as e:
+        line = failure_line(e)
+        if line is None:
             raise
-        return _fail(reason)
+        return _fail(line)
     except KeyboardInterrupt:
         print(f"{_rank_prefix()}dist-train: interrupted", file=sys.stderr)
         return 130

@@ -6,8 +6,13 @@ the trainer never asks which rank it is before logging.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,41 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
+from dist_train.errors import ResourceError
 from dist_train.jsonio import dumps
 from dist_train.rundir import History, rewind_metrics
+
+
+def check_records(run_dir: Path) -> None:
+    """Raise the OSError that writing the run's records would meet (``metrics.jsonl`` or the events folder not
+    writable), before anything is written."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        metrics.open("a").close()  # opening to append changes nothing; an immutable file refuses it
+    for folder in (run_dir / "tb", run_dir):
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+
+
+@contextlib.contextmanager
+def writing(what: Path) -> Iterator[None]:
+    """A failed write of the records (a full disk) as one ResourceError line naming ``what``."""
+    try:
+        yield
+    except OSError as e:
+        raise ResourceError(f"cannot write {what}: {e.strerror or e}") from None
+
+
+def _quiet_writer_threads(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread dies on a failed write and hands the error to the next call that writes
+    (reported then, by :func:`writing`): its own traceback is not printed."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _previous_hook(args)
+
+
+_previous_hook = threading.excepthook
+threading.excepthook = _quiet_writer_threads
 
 
 class Monitor:
@@ -36,35 +74,45 @@ class Monitor:
         self.moved_aside = rewind_metrics(run_dir, resume_step if resume_step is not None else -1, self.history)
         # purge_step hides events that an earlier attempt wrote after the checkpoint we resume from.
         purge_step = resume_step + 1 if resume_step is not None else 0
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
-        self._metrics = self.metrics_path.open("a")
+        self.tb_dir = run_dir / "tb"
+        with writing(self.metrics_path):
+            self._metrics = self.metrics_path.open("a")
+        with writing(self.tb_dir):
+            self.writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge_step)
         self._bar: tqdm | None = None
 
     def log(self, step: int, values: dict[str, float], **fields: Any) -> None:
         """One record: scalars to TensorBoard under their tags, everything to metrics.jsonl."""
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        with writing(self.tb_dir):
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
         record = {"step": step, "time": round(time.time(), 3), **fields, **values}
-        self._metrics.write(dumps(record) + "\n")
-        self._metrics.flush()
+        self._append(record)
 
     def event(self, step: int, event: str, **fields: Any) -> None:
         """A non-scalar record (start, resume, end) in metrics.jsonl."""
-        self._metrics.write(dumps({"step": step, "event": event, **fields}) + "\n")
-        self._metrics.flush()
+        self._append({"step": step, "event": event, **fields})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with writing(self.metrics_path):
+            self._metrics.write(dumps(record) + "\n")
+            self._metrics.flush()
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        self.writer.add_text(tag, text, step)
+        with writing(self.tb_dir):
+            self.writer.add_text(tag, text, step)
 
     def image(self, tag: str, image: torch.Tensor, step: int = 0) -> None:
         """A C×H×W float image in [0, 1]."""
-        self.writer.add_image(tag, image, step)
+        with writing(self.tb_dir):
+            self.writer.add_image(tag, image, step)
 
     def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """The hparams summary (HPARAMS tab) in the run's own event file, next to its scalars."""
         simple = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        for summary in hparams(simple, metrics):
-            self.writer.file_writer.add_summary(summary)
+        with writing(self.tb_dir):
+            for summary in hparams(simple, metrics):
+                self.writer.file_writer.add_summary(summary)
 
     def start_epoch(self, epoch: int, total_steps: int) -> None:
         disable = not sys.stderr.isatty()
@@ -88,8 +136,12 @@ class Monitor:
 
     def close(self) -> None:
         self.end_epoch()
-        self.writer.close()
-        self._metrics.close()
+        try:
+            with writing(self.tb_dir):
+                self.writer.close()
+        finally:
+            with writing(self.metrics_path):
+                self._metrics.close()
 
 
 class NullMonitor(Monitor):

@@ -13,7 +13,7 @@ from dist_train.assemble import build_trainer, resolve_data_backend
 from dist_train.config import Config, to_dict
 from dist_train.distributed import DistContext, agree, distributed
 from dist_train.jsonio import write_json
-from dist_train.rundir import RunLock
+from dist_train.rundir import RunLock, write_summary
 from dist_train.swap import train_swap
 
 
@@ -74,6 +74,7 @@ def _swap_run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
 def _plain_run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     trainer = build_trainer(cfg, ctx)
     try:
+        first_step = trainer.step
         summary = trainer.fit()
         summary |= {
             "lr_planned": trainer.optimizer.param_groups[0]["initial_lr"],
@@ -81,7 +82,8 @@ def _plain_run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
         }
         if ctx.is_primary:
             summary["config"] = to_dict(cfg)
-            write_json(trainer.run_dir / "summary.json", summary)
+            if trainer.step > first_step or not (trainer.run_dir / "summary.json").exists():
+                write_summary(trainer.run_dir, summary, trainer.monitor.history)
             trainer.monitor.hparams(
                 hparams_of(cfg, ctx.world_size), {"val/acc": summary["val_acc"], "val/loss": summary["val_loss"]}
             )

@@ -25,13 +25,14 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import Config, flatten, to_dict
+from dist_train.config import Config, flatten, read_yaml_mapping, to_dict
 from dist_train.errors import CheckpointError, DistTrainError
+from dist_train.jsonio import write_json
 
 LOCK = ".lock"
 HEARTBEAT_S = 30.0
@@ -122,7 +123,11 @@ class LockHolder:
 def read_lock(path: Path) -> tuple[LockHolder, float]:
     """The holder recorded in lock file ``path`` and the seconds since it was last refreshed."""
     try:
-        return LockHolder(**json.loads(path.read_text())), time.time() - path.stat().st_mtime
+        holder = LockHolder(**json.loads(path.read_text()))
+        kinds = (str, int, (int, float), str, str)
+        if not all(isinstance(getattr(holder, f.name), kind) for f, kind in zip(fields(holder), kinds, strict=True)):
+            raise TypeError("a field of the wrong type")
+        return holder, time.time() - path.stat().st_mtime
     except (OSError, ValueError, TypeError) as e:
         raise RunLockedError(
             f"{path} is not a readable lock ({type(e).__name__}); if no run uses {path.parent}, remove it"
@@ -148,7 +153,11 @@ def clear_stale_lock(run_dir: Path) -> str | None:
     path = run_dir / LOCK
     if not path.exists():
         return None
-    holder, age = read_lock(path)
+    try:
+        holder, age = read_lock(path)
+    except RunLockedError:  # a holder writes its lock whole (RunLock.acquire): this one's writer is gone
+        path.unlink(missing_ok=True)
+        return f"{run_dir}: removed an unreadable lock"
     if holder_alive(holder, age):
         raise in_use(path, holder)
     path.unlink(missing_ok=True)
@@ -177,13 +186,22 @@ class RunLock:
         me = LockHolder.me()
         path = run_dir / LOCK
         note = ""
+        # Written whole to a file of our own, then linked into place: the lock exists only complete (a full
+        # disk fails before it exists), and only one of two racing runs can create it.
+        tmp = path.with_name(f"{LOCK}.{me.pid}.tmp")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            tmp.write_text(json.dumps(asdict(me)) + "\n")
+            os.link(tmp, path)
         except FileExistsError:
             note = cls._take_over(path, me)
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(asdict(me)) + "\n")
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
         return cls(run_dir, me, created, note)
 
     @staticmethod
@@ -248,10 +266,23 @@ class ResumeCheck:
     """Other things worth a line (a different world size)."""
 
 
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config that ``run_dir/config.yaml`` records (None without one): what a run directory whose
+    checkpoint is gone was trained with."""
+    path = run_dir / "config.yaml"
+    return read_yaml_mapping(path, "run config", "not a run's config.yaml") if path.is_file() else None
+
+
 def check_resume(
-    current: dict[str, Any], state: dict[str, Any], source: Path, world_size: int, on_change: str
+    current: dict[str, Any],
+    state: dict[str, Any],
+    source: Path,
+    world_size: int,
+    on_change: str,
+    what: str = "checkpoint",
 ) -> ResumeCheck:
-    """Whether the run of ``current`` may continue from the checkpoint ``state`` read from ``source``.
+    """Whether the run of ``current`` may continue from the checkpoint ``state`` read from ``source``
+    (``what`` names it: a run directory without a checkpoint is checked against its ``config.yaml``).
 
     Refuses (one CheckpointError line, before anything is written) when the configs differ in a
     key that matters and ``on_change`` is ``refuse``.
@@ -261,7 +292,7 @@ def check_resume(
     if changes and on_change != "continue":
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise CheckpointError(
-            f"checkpoint {source} was trained with another config ({shown}); nothing was changed. "
+            f"{what} {source} was trained with another config ({shown}); nothing was changed. "
             "To continue it with the new values pass on_config_change=continue; to start a new run, "
             "pass another name=..."
         )
@@ -363,3 +394,11 @@ def write_config(run_dir: Path, text: str, history: History) -> None:
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any], history: History) -> None:
+    """``summary.json`` of the run; a different earlier one is kept in ``history``."""
+    path = run_dir / "summary.json"
+    if path.exists():
+        history.keep_copy(path)
+    write_json(path, summary)

@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dist_train import checkpoint
 from dist_train.config import Config
@@ -185,7 +185,10 @@ class TrainJob:
             cfg = dataclasses.replace(cfg, resume="auto")
         from dist_train.run import train
 
-        return train(cfg)
+        try:
+            return train(cfg)
+        except Exception as error:  # a bug is raised again, with its traceback
+            _end_task(error)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue the same run; it resumes from the run directory's last checkpoint.
@@ -195,6 +198,22 @@ class TrainJob:
         """
         submitit = import_submitit()
         return submitit.helpers.DelayedSubmission(TrainJob(dataclasses.replace(self.cfg, resume="auto")))
+
+
+def _end_task(error: Exception) -> NoReturn:
+    """End this task on ``error`` with the one line ``dist-train train`` would print (also the task's result,
+    which ``submit --wait`` reports), instead of submitit's traceback in the job's log; a bug is raised as it is."""
+    from submitit.core import utils
+
+    from dist_train.cli import _fail, failure_line
+
+    line = failure_line(error)
+    if line is None:
+        raise error
+    _fail(line)
+    with utils.temporary_save_path(import_submitit().JobEnvironment().paths.result_pickle) as tmp:
+        utils.cloudpickle_dump(("error", line), tmp)
+    raise SystemExit(1)
 
 
 @contextlib.contextmanager

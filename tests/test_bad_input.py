@@ -7,12 +7,14 @@ and every file of the run directory byte-for-byte as it was (hashed before and a
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_ok, load_weights, read_metrics, run_cli, subprocess_env
+from conftest import TINY, assert_ok, load_weights, read_metrics, run_cli, subprocess_env, torchrun_cmd
 
 from dist_train.rundir import LOCK, STALE_AFTER_S
 
@@ -383,6 +385,48 @@ def test_killed_checkpoint_write_leaves_nothing_behind(out: Path) -> None:
     assert "the run has finished (2 of 2 epochs): nothing to train" in result.stdout
 
 
+@pytest.mark.parametrize("args", [[], ["on_config_change=continue", "optim.lr=0.1"]], ids=["same", "changed"])
+def test_finished_run_keeps_its_config_and_summary(out: Path, args: list[str]) -> None:
+    """A finished run is evaluated again, trains nothing, and rewrites neither config.yaml nor summary.json
+    (whose train_seconds stay those of the training, whose config stays the one trained)."""
+    kept = {name: (out / RUN / name).read_bytes() for name in ("config.yaml", "summary.json")}
+    result = run_cli(["train", *TINY, f"out_dir={out}", f"name={RUN}", *args])
+    assert_ok(result)
+    assert "nothing to train; evaluating it (config.yaml and summary.json are kept)" in result.stdout
+    assert {name: (out / RUN / name).read_bytes() for name in kept} == kept
+    assert not (out / RUN / "history").exists()
+
+
+def test_changed_config_without_checkpoint_continues_keeping_the_old_records(out: Path) -> None:
+    """A run whose last.pt is gone restarts with a changed config only when told to; its old config.yaml and
+    summary.json are moved to history/, not lost."""
+    run = out / RUN
+    (run / "checkpoints" / "last.pt").unlink()
+    old = {name: (run / name).read_bytes() for name in ("config.yaml", "summary.json")}
+    args = ["train", *TINY, f"out_dir={out}", f"name={RUN}", "train.epochs=1", "on_config_change=continue"]
+    result = run_cli(args)
+    assert_ok(result)
+    assert "starting afresh with a changed config: train.epochs: 2 → 1" in result.stdout
+    for name, data in old.items():
+        assert [path.read_bytes() for path in (run / "history").glob(f"*/{name}")] == [data]
+    assert json.loads((run / "summary.json").read_text())["config"]["train"]["epochs"] == 1
+
+
+def test_immutable_metrics_refused_before_any_write(out: Path) -> None:
+    """An immutable metrics.jsonl (chattr +i) is refused before config.yaml or a TensorBoard file is written."""
+    metrics = out / RUN / "metrics.jsonl"
+    if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(metrics)], capture_output=True).returncode:
+        pytest.skip("needs root and a file system with immutable files")
+    try:
+        before = tree_hash(out)
+        args = ["train", *TINY, f"out_dir={out}", f"name={RUN}", "train.epochs=3", "on_config_change=continue"]
+        result = run_cli(args)
+        assert_refused(result, f"Operation not permitted: {metrics}")
+        assert tree_hash(out) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(metrics)], check=True)
+
+
 def test_checkpoints_follow_the_umask(finished_run: Path) -> None:
     """Finding 10: last.pt is group/world readable under the default umask (not mkstemp's 0600)."""
     mode = (finished_run / "checkpoints" / "last.pt").stat().st_mode & 0o777
@@ -462,3 +506,172 @@ def test_read_only_run_directory_is_one_line(small_disk: Path, finished_run: Pat
     result = run_cli(["train", *TINY, f"out_dir={small_disk}", f"name={RUN}"])
     assert_refused(result, "Read-only file system")
     assert tree_hash(small_disk) == before
+
+
+# -- refused before any work: the command line run in this process ---------------------------------
+def base_and_config(base: bytes) -> Callable[[Path], None]:
+    def setup(out: Path) -> None:
+        write(out / "base.yaml", base)
+        write(out / "bad.yaml", "base: base.yaml\n")
+
+    return setup
+
+
+def alias_bomb(out: Path) -> None:
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for level, previous in zip("bcdefghij", "abcdefghi", strict=True):
+        lines.append(f"{level}: &{level} [{', '.join([f'*{previous}'] * 9)}]")
+    write(out / "bad.yaml", "\n".join(lines) + "\n")
+
+
+def summary_edit(text: bytes) -> Callable[[Path], None]:
+    return lambda out: write(out / RUN / "summary.json", text)
+
+
+RANGE_CASES = [
+    Case("momentum-negative", ["optim.momentum=-1"], "optim.momentum must be in [0, 1], got -1"),
+    Case("betas-one", ["optim.name=adamw", "optim.betas=[0.9]"], "optim.betas must hold 2 values, got 1: [0.9]"),
+    Case("seed-huge", ["seed=99999999999999999999"], "seed must be in [0, 9223372036854775807], got 9999"),
+    Case("timeout-zero", ["dist.timeout_s=0"], "dist.timeout_s must be in [1, 2592000], got 0"),
+    Case("timeout-negative", ["dist.timeout_s=-5"], "dist.timeout_s must be in [1, 2592000], got -5"),
+    Case("workers-negative", ["data.num_workers=-1"], "data.num_workers must be in [0, 256], got -1"),
+    Case(
+        "pad-negative", ["data.pad=-3", "on_config_change=continue"], "data.pad must be in [0, 4096], got -3", name=RUN
+    ),
+    Case("val-size-zero", ["data.synthetic_val_size=0"], "data.synthetic_val_size must be at least 1, got 0"),
+    Case("eval-batch-negative", ["data.eval_batch_size=-1"], "data.eval_batch_size must be at least 0, got -1"),
+    Case("cutout-negative", ["data.cutout=-2"], "data.cutout must be in [0, 4096], got -2"),
+    Case("warmup-steps-negative", ["schedule.warmup_steps=-1"], "schedule.warmup_steps must be at least 0, got -1"),
+    Case("clip-negative", ["train.grad_clip_norm=-1"], "train.grad_clip_norm must be at least 0, got -1"),
+    Case("gamma-zero", ["schedule.gamma=0"], "schedule.gamma must be positive, got 0"),
+    Case("swap-acc", ["swap.phase1_train_acc=1.5"], "swap.phase1_train_acc must be in [0, 1], got 1.5"),
+    Case("milestone-negative", ["schedule.milestones=[-1]"], "schedule.milestones[0] must be at least 0, got -1"),
+    Case("too-many-milestones", [f"schedule.milestones=[{','.join(['1'] * 1001)}]"], "holds 1001 values; at most 1000"),
+    Case("name-comment", ["name=a #b"], "'#' starts a YAML comment; quote the value"),
+    Case("name-hash", ["name='a #b'"], "name must be a plain directory name (printable characters, no '/' or '#')"),
+    Case("name-newline", ["name=a\nb"], "the value holds a newline or another control character"),
+    Case("yaml-name-newline", BAD_YAML, "got 'a\\nb'", config_file('name: "a\\nb"\n')),
+    Case(
+        "yaml-duplicate-key",
+        BAD_YAML,
+        "bad.yaml:3:1: duplicate key 'optim'",
+        config_file("optim: {}\nseed: 1\noptim: {}\n"),
+    ),
+    Case("yaml-alias-bomb", BAD_YAML, "more than 100000 values (aliases expanded); refused", alias_bomb),
+    Case(
+        "yaml-million-list",
+        BAD_YAML,
+        "bad.yaml: larger than 1048576 bytes",
+        config_file(f"schedule:\n  milestones: [{', '.join(map(str, range(1_000_000)))}]\n"),
+    ),
+    Case("yaml-not-utf8", BAD_YAML, "bad.yaml: not UTF-8 text (byte 0xff at offset 6)", config_file(b"seed: \xff\n")),
+    Case("base-not-utf8", BAD_YAML, "base.yaml: not UTF-8 text (byte 0xe9", base_and_config(b"name: caf\xe9\n")),
+    Case("base-duplicate-key", BAD_YAML, "base.yaml:2:1: duplicate key 'seed'", base_and_config(b"seed: 1\nseed: 2\n")),
+    Case(
+        "checkpoint-field-type",
+        ["resume={out}/edited.pt"],
+        "is not a dist_train checkpoint: its 'epoch' is 'x'",
+        checkpoint_edit(lambda state: {**state, "epoch": "x"}),
+    ),
+    Case("lock-pid-text", [], "is not a readable lock (TypeError)", lock_of(socket.gethostname(), "12x"), name=RUN),  # type: ignore[arg-type]
+    Case(
+        "changed-config-without-checkpoint",
+        ["optim.lr=0.1"],
+        "(its checkpoint is gone) recorded in {out}/run/config.yaml was trained with another config",
+        lambda out: (out / RUN / "checkpoints" / "last.pt").unlink(),
+        name=RUN,
+    ),
+    # other commands: the first argument names it
+    Case("sweep-not-utf8", ["sweep", "{out}/bad.yaml", "--dry-run"], "bad.yaml: not UTF-8 text", config_file(b"\xfe")),
+    Case("report-not-utf8", ["report", "{out}/run", "--no-plot"], "not UTF-8 text", summary_edit(b'{"a": "\xff"}')),
+    Case(
+        "report-config-not-mapping",
+        ["report", "{out}/run", "--no-plot"],
+        "is not a dist_train summary (its 'config' is not a mapping)",
+        summary_edit(b'{"name": "run", "config": [1, 2]}'),
+    ),
+]
+COMMANDS = ("sweep", "report", "unlock")
+
+
+@pytest.mark.parametrize("case", RANGE_CASES, ids=[case.id for case in RANGE_CASES])
+def test_refused_before_any_work_is_one_line(case: Case, out: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Values and files refused before anything is read or written, by the command line in this process."""
+    from dist_train.cli import main
+
+    if case.setup is not None:
+        case.setup(out)
+    before = tree_hash(out)
+    args = [arg.replace("{out}", str(out)) for arg in case.args]
+    if not args or args[0] not in COMMANDS:  # a config file names its run itself
+        config = ["train", *args] if "--config" in args else ["train", *TINY, f"name={case.name}", *args]
+        args = [*config, f"out_dir={out}"]
+    capfd.readouterr()
+    assert main(args) == 1
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dist-train: error:"), lines
+    assert case.fragment.replace("{out}", str(out)) in lines[0], lines[0]
+    assert tree_hash(out) == before
+
+
+def test_disk_full_while_writing_records_is_one_line_naming_the_path(small_disk: Path) -> None:
+    """The disk fills up while a new run writes its records (TensorBoard events, metrics.jsonl): one line naming
+    what could not be written, no writer-thread traceback."""
+    fill(small_disk, 16_384)
+    result = run_cli(["train", *TINY, f"out_dir={small_disk}", "name=new"])
+    line = assert_refused(result, "No space left on device")
+    assert f"cannot write {small_disk / 'new'}" in line
+
+
+def test_disk_full_at_lock_creation_leaves_no_lock(small_disk: Path) -> None:
+    """No room for the lock: one line, no run directory or empty .lock left; and an unreadable lock (an empty one
+    from an older version) is what `dist-train unlock` removes."""
+    fill(small_disk, 0)
+    result = run_cli(["train", *TINY, f"out_dir={small_disk}", "name=new"])
+    assert_refused(result, "No space left on device")
+    assert not (small_disk / "new").exists()
+    (small_disk / "filler").unlink()
+    write(small_disk / "old" / LOCK, b"")
+    assert_ok(unlocked := run_cli(["unlock", str(small_disk / "old")]))
+    assert "removed an unreadable lock" in unlocked.stdout and not (small_disk / "old" / LOCK).exists()
+
+
+def rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of the worker of torchrun ``launcher`` whose RANK is ``rank``, once it runs."""
+    for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    return None
+
+
+def test_hung_peer_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Rank 1 stops (SIGSTOP) mid-run: rank 0 gives up after dist.timeout_s with one line naming rank 1 and the
+    operation, not gloo's traceback."""
+    args = ["train", *TINY, f"out_dir={tmp_path}", "name=hung", "train.epochs=50", "dist.timeout_s=10"]
+    command = [*torchrun_cmd(2), "-m", "dist_train", *args]
+    launcher = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    stopped = None
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "hung" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # into the training steps
+        stopped = rank_pid(launcher.pid, 1)
+        assert stopped is not None
+        os.kill(stopped, signal.SIGSTOP)
+        _, stderr = launcher.communicate(timeout=150)
+    finally:
+        if stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode != 0
+    (line,) = [line for line in stderr.splitlines() if "dist-train: error:" in line]
+    assert line.startswith("[rank 0] dist-train: error: rank 1 stopped answering: no reply within 10 s"), line
+    assert "]: Traceback" not in stderr and "Timed out waiting" not in stderr, stderr[-3000:]
