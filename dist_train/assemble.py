@@ -22,6 +22,7 @@ from torchvision.utils import make_grid
 
 from dist_train import checkpoint
 from dist_train.config import Config, to_dict, to_yaml
+from dist_train.dashboard import labelled_rows
 from dist_train.data import DatasetSplits, build_datasets
 from dist_train.data.loader import LoaderOptions, TrainLoader, build_eval_loader, build_train_loader, micro_batch_size
 from dist_train.data.tensor_loader import IN_MEMORY
@@ -301,19 +302,27 @@ def open_records(prepared: Prepared, cfg: Config) -> None:
     )
     if prepared.resume_step is None:
         micro_batch = micro_batch_size(cfg.data.batch_size, trainer.ctx.world_size, cfg.train.grad_accum_steps)
-        grid, rows = view_grid(trainer.train_loader, cfg.augment.copies, micro_batch, cfg.augment.layout)
+        grid = view_grid(trainer.train_loader, cfg.augment.copies, micro_batch, cfg.augment.layout)
         monitor.image("augment/views", grid)
-        monitor.text("augment/views", rows)
         monitor.text("config", f"```\n{to_yaml(cfg)}\n```")
         monitor.text("plan", f"```\n{prepared.plan_text}\n```")
+    monitor.text("hosts", hosts_table(trainer.ctx), trainer.step)
     monitor.print(prepared.lines[-1])
 
 
-def view_grid(
-    loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8
-) -> tuple[torch.Tensor, str]:
-    """A picture of the training input (a row per sample, its ``copies`` augmented views side by side)
-    and its caption: the class name of each row."""
+def hosts_table(ctx: DistContext) -> str:
+    """The ranks of each host, as a Markdown table (TensorBoard's TEXT tab)."""
+    ranks: dict[str, list[int]] = {}
+    for rank, host in enumerate(ctx.hosts):
+        ranks.setdefault(host, []).append(rank)
+    rows = [f"| {host} | {', '.join(map(str, found))} |" for host, found in ranks.items()]
+    head = [f"{ctx.world_size} process(es) on {len(ranks)} host(s)", "", "| host | ranks |", "|---|---|"]
+    return "\n".join([*head, *rows])
+
+
+def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8) -> torch.Tensor:
+    """A picture of the training input: a row per sample, its ``copies`` augmented views side by side and
+    its class name on the left."""
     images, labels = next(iter(loader.epoch(0)))
     images = images.float().cpu()
     index = torch.arange(copies * min(samples, micro_batch)).view(-1, copies)  # sample-major positions
@@ -325,8 +334,7 @@ def view_grid(
     grid = make_grid((picked - low) / (high - low).clamp(min=1e-6), nrow=copies, padding=1)
     names = getattr(loader.dataset, "classes", ())
     rows = [int(labels[i]) for i in index[:, 0].tolist()]
-    caption = ", ".join(names[r] if r < len(names) else str(r) for r in rows)
-    return grid, f"rows, top to bottom: {caption}"
+    return labelled_rows(grid, [names[r] if r < len(names) else str(r) for r in rows])
 
 
 def apply_ghost_bn(model: nn.Module, ghost_batch_size: int, micro_batch: int) -> None:

@@ -11,8 +11,9 @@ same epochs) travels less far, which regime adaptation repairs.
 each layer every ``diffusion.every_steps`` updates (TensorBoard ``diffusion/*``
 and metrics.jsonl). At the end of the initial phase (``diffusion.fit_until_step``,
 by default the first lr milestone) it fits ``d ≈ a·log(t) + b`` by least squares
-and logs the slope ``a`` and R². ``w_0`` and the recorded points are part of the
-checkpoint, so they survive resume.
+and records the slope ``a`` and R² (TensorBoard text ``diffusion/fit``, a ``diffusion_fit`` line in
+metrics.jsonl). Layers are named by their module paths (:func:`layer_labels`). ``w_0`` and the recorded
+points are part of the checkpoint, so they survive resume.
 """
 
 from __future__ import annotations
@@ -51,6 +52,29 @@ def layer_of(parameter_name: str) -> str:
     return parameter_name.rsplit(".", 1)[0] if "." in parameter_name else parameter_name
 
 
+def kind_of(module: nn.Module) -> str:
+    """A short name for the kind of layer: ``conv``, ``bn``, ``norm``, ``fc`` or the class name in lower case."""
+    name = type(module).__name__
+    markers = (("Conv", "conv"), ("BatchNorm", "bn"), ("Norm", "norm"), ("Linear", "fc"))
+    return next((kind for marker, kind in markers if marker in name), name.lower())
+
+
+def layer_labels(model: nn.Module) -> dict[str, str]:
+    """The name each layer of ``model`` is shown by, by module path: the path itself, except for a layer that a
+    container knows only by its index, which is named by its kind and count among its siblings of that kind
+    (in a Sequential ``0``, ``1``, ``4`` become ``conv1``, ``bn1``, ``conv2``; ``stem.1`` becomes ``stem.bn1``)."""
+    labels: dict[str, str] = {}
+    for path, module in model.named_modules():
+        seen: dict[str, int] = defaultdict(int)
+        for name, child in module.named_children():
+            kind = kind_of(child)
+            seen[kind] += 1
+            if name.isdigit() and any(True for _ in child.parameters(recurse=False)):
+                prefix = f"{path}." if path else ""
+                labels[prefix + name] = f"{prefix}{kind}{seen[kind]}"
+    return labels
+
+
 class WeightDistance:
     """Trainer callback logging ||w_t - w_0|| (whole model and per layer) and its log-fit."""
 
@@ -60,6 +84,9 @@ class WeightDistance:
         self.every_steps = every_steps
         self.fit_until_step = fit_until_step
         self.initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+        labels = layer_labels(model)
+        self.layer = {name: labels.get(layer_of(name), layer_of(name)) for name in self.initial}
+        """Each parameter's layer, by the name it is logged under (``diffusion/layer/<name>``)."""
         self.steps: list[int] = []
         self.distances: list[float] = []
         self.fit: dict[str, float] | None = None
@@ -69,7 +96,7 @@ class WeightDistance:
         squares: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         for name, param in model.named_parameters():
             diff = (param.detach() - self.initial[name].to(param.device)).double()
-            squares[layer_of(name)] = squares[layer_of(name)] + diff.square().sum().cpu()
+            squares[self.layer[name]] = squares[self.layer[name]] + diff.square().sum().cpu()
         total = math.sqrt(sum(float(s) for s in squares.values()))
         return total, {layer: math.sqrt(float(s)) for layer, s in squares.items()}
 
@@ -91,11 +118,10 @@ class WeightDistance:
     def _fit(self, trainer: Trainer) -> None:
         slope, intercept, r2 = fit_log(self.steps, self.distances)
         self.fit = {"slope": slope, "intercept": intercept, "r2": r2, "until_step": self.steps[-1]}
-        values = {"diffusion/fit_slope": slope, "diffusion/fit_intercept": intercept, "diffusion/fit_r2": r2}
-        trainer.monitor.log(trainer.step, values)
-        trainer.monitor.print(
-            f"diffusion: ||w_t - w_0|| ≈ {slope:.4g}·log t + {intercept:.4g} (R² {r2:.3f}) up to step {self.steps[-1]}"
-        )
+        line = f"||w_t - w_0|| ≈ {slope:.4g}·log t + {intercept:.4g} (R² {r2:.3f}) up to step {self.steps[-1]}"
+        trainer.monitor.event(trainer.step, "diffusion_fit", **self.fit)
+        trainer.monitor.text("diffusion/fit", line, trainer.step)  # one value each: text, not one-point charts
+        trainer.monitor.print(f"diffusion: {line}")
 
     def on_fit_end(self, trainer: Trainer) -> dict[str, Any]:
         if self.fit is None and self.steps:

@@ -21,9 +21,10 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
+from dist_train.dashboard import LAYOUT, OVERVIEW
 from dist_train.errors import ResourceError
 from dist_train.jsonio import dumps
-from dist_train.rundir import History, rewind_metrics
+from dist_train.rundir import History, events_dir, rewind_metrics
 
 
 def check_records(run_dir: Path) -> None:
@@ -59,7 +60,7 @@ threading.excepthook = _quiet_writer_threads
 
 
 class Monitor:
-    """Writes scalars to TensorBoard (``tb/``) and JSON lines (``metrics.jsonl``) in the run directory."""
+    """Writes TensorBoard events and JSON lines (``metrics.jsonl``) in the run directory."""
 
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         """``resume_step``: the step of the checkpoint being resumed; None starts the records afresh.
@@ -74,18 +75,23 @@ class Monitor:
         self.moved_aside = rewind_metrics(run_dir, resume_step if resume_step is not None else -1, self.history)
         # purge_step hides events that an earlier attempt wrote after the checkpoint we resume from.
         purge_step = resume_step + 1 if resume_step is not None else 0
-        self.tb_dir = run_dir / "tb"
+        self.tb_dir = events_dir(run_dir)
         with writing(self.metrics_path):
             self._metrics = self.metrics_path.open("a")
         with writing(self.tb_dir):
             self.writer = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge_step)
+            if resume_step is None:
+                self.writer.add_custom_scalars(LAYOUT)
         self._bar: tqdm | None = None
 
     def log(self, step: int, values: dict[str, float], **fields: Any) -> None:
-        """One record: scalars to TensorBoard under their tags, everything to metrics.jsonl."""
+        """One record: scalars to TensorBoard under their tags (and those of :data:`~dist_train.dashboard.OVERVIEW`
+        also under ``Overview/``), everything to metrics.jsonl."""
         with writing(self.tb_dir):
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+                if tag in OVERVIEW:
+                    self.writer.add_scalar(OVERVIEW[tag], value, step)
         record = {"step": step, "time": round(time.time(), 3), **fields, **values}
         self._append(record)
 

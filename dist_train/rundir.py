@@ -361,10 +361,17 @@ def remove_partial_writes(run_dir: Path) -> list[Path]:
     return leftovers
 
 
+def events_dir(run_dir: Path) -> Path:
+    """Where the run's TensorBoard events are: the run directory itself, so that ``tensorboard --logdir`` on
+    its parent lists the run by its name (``tb/`` in a run directory started before that)."""
+    old = run_dir / "tb"
+    return old if old.is_dir() else run_dir
+
+
 def rewind_metrics(run_dir: Path, step: int, history: History) -> int:
     """Keep ``metrics.jsonl`` up to ``step`` (the checkpoint resumed from; -1 for a fresh start).
 
-    The lines after it, and a copy of ``tb/`` whose events the writer will purge, go to
+    The lines after it, and a copy (in ``tb/``) of the TensorBoard events the writer will purge, go to
     ``history``; a line cut short by a killed process is dropped. Returns the lines moved.
     """
     path = run_dir / "metrics.jsonl"
@@ -379,7 +386,10 @@ def rewind_metrics(run_dir: Path, step: int, history: History) -> int:
     if not cut:
         return 0
     (history.folder / "metrics.jsonl").write_text("".join(f"{line}\n" for line in cut))
-    history.keep_copy(run_dir / "tb")
+    copies = history.folder / "tb"
+    copies.mkdir(exist_ok=True)
+    for events in events_dir(run_dir).glob("events.out.tfevents.*"):
+        shutil.copy2(events, copies / events.name)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept))
     tmp.replace(path)

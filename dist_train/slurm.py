@@ -51,7 +51,8 @@ class SlurmOptions:
     """Further sbatch options as ``key=value`` (e.g. ``exclusive=true``, ``mail-type=END``)."""
     setup: tuple[str, ...] = ()
     """Shell lines run before the job's tasks start (e.g. ``module load cuda``)."""
-    job_name: str = "dist-train"
+    job_name: str = ""
+    """The job's name in ``squeue``; empty: the run's name (a sweep's job array: the sweep's)."""
     array_parallelism: int = 8
     """At most this many runs of a sweep at once."""
     max_timeouts: int = 3
@@ -230,14 +231,23 @@ def _without_srun_check() -> Iterator[None]:
         SlurmExecutor.affinity = saved  # type: ignore[method-assign]
 
 
-def make_executor(options: SlurmOptions, folder: Path, dry_run: bool = False) -> Any:
-    """A submitit SLURM executor for ``options`` whose logs go to ``folder`` (``%j`` = job id); with
-    ``dry_run`` one that can only format the sbatch script, built without SLURM installed."""
+def job_name(options: SlurmOptions, cfgs: Sequence[Config]) -> str:
+    """``--job-name``, else the run's name; several runs (a sweep's job array) are named after the folder that
+    holds them, which a sweep names after itself."""
+    if options.job_name:
+        return options.job_name
+    return cfgs[0].name if len(cfgs) == 1 else Path(cfgs[0].out_dir).name
+
+
+def make_executor(options: SlurmOptions, folder: Path, dry_run: bool = False, name: str = "dist-train") -> Any:
+    """A submitit SLURM executor for ``options`` whose jobs are called ``name`` (unless ``options.job_name``
+    says otherwise) and whose logs go to ``folder`` (``%j`` = job id); with ``dry_run`` one that can only
+    format the sbatch script, built without SLURM installed."""
     submitit = import_submitit()
     with _without_srun_check() if dry_run else contextlib.nullcontext():
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=options.max_timeouts)
     parameters: dict[str, Any] = {
-        "name": options.job_name,
+        "name": options.job_name or name,
         "nodes": options.nodes,
         "tasks_per_node": options.ntasks_per_node,
         "timeout_min": options.time_min,
@@ -278,7 +288,7 @@ def submit(cfgs: Sequence[Config], options: SlurmOptions, folder: Path, dry_run:
     submitted if the cluster check fails. With ``dry_run``, print what would be submitted and return no jobs."""
     if not dry_run:
         check_cluster(options)
-    executor = make_executor(options, folder, dry_run)
+    executor = make_executor(options, folder, dry_run, job_name(options, cfgs))
     if dry_run:
         print(sbatch_script(executor, len(cfgs)))
         return []
@@ -357,7 +367,7 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--constraint", default="", help="node features, e.g. a100")
     group.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="any other sbatch option")
     group.add_argument("--setup", action="append", default=[], metavar="LINE", help="shell line run before training")
-    group.add_argument("--job-name", default="dist-train")
+    group.add_argument("--job-name", default="", help="the job's name in squeue (default: the run's or sweep's name)")
     group.add_argument("--array-parallelism", type=int, default=8, help="most runs of a sweep at once (default 8)")
     group.add_argument("--max-timeouts", type=int, default=3, help="requeues after hitting the time limit")
     group.add_argument("--signal-delay-s", type=int, default=90, help="seconds of warning before the time limit")

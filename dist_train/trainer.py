@@ -35,6 +35,7 @@ from dist_train.data.loader import TrainLoader, epoch_seed
 from dist_train.distributed import DistContext, agree, all_gather_objects, all_reduce_sum
 from dist_train.errors import CheckpointError
 from dist_train.grad_reduce import needs_layout_free_reduction, per_tensor_allreduce
+from dist_train.health import RankHealth
 from dist_train.monitor import Monitor
 from dist_train.nn.ghost_bn import averaged_bn_buffers, bn_running_buffers, has_ghost_bn
 from dist_train.rundir import check_model_fits
@@ -207,6 +208,8 @@ class Trainer:
         self.last_save: tuple[int | None, float] = (None, 0.0)  # the step of this process's last checkpoint, seconds
         self.train_loss = float("nan")  # of the last epoch trained
         self._wrapped: nn.Module | None = None
+        self.health = RankHealth(ctx)
+        """Every rank's pace over each log window, gathered at the log points (see :mod:`dist_train.health`)."""
         self.step_guard: Callable[[], Any] = nullcontext
         """Entered around each training step (``train_step`` and the summing of its metrics): a check that
         a step does not synchronise, e.g. ``torch.cuda.set_sync_debug_mode`` or :class:`HostReadCounter`."""
@@ -313,13 +316,14 @@ class Trainer:
         done_before = partial.steps if partial else 0
         # A mid-epoch resume starts the loader at the checkpoint's step: the batches before it are skipped
         # without being read, and the random state is the checkpoint's (see dist_train/data/loader.py).
-        groups = self._micro_batch_groups(epoch, done_before)
+        groups = self.health.batches(self._micro_batch_groups(epoch, done_before))
         if partial:
             if partial.rng is not None:
                 set_rng_state(partial.rng)
             self.monitor.advance(partial.steps)
         every = self.cfg.checkpoint.every_steps
         start = time.perf_counter()
+        self.health.start()
         # A SIGTERM during the steps is only recorded; the ranks agree after each step whether one came.
         vote, index = StopVote(self.ctx.cpu_group, self.ctx.is_distributed), done_before
         # Metrics stay on the device: the host reads them only every train.log_every steps, at a mid-epoch
@@ -336,7 +340,11 @@ class Trainer:
                     values = {"train/step_loss": loss, "train/lr": self.scheduler.get_last_lr()[0]}
                     if not math.isnan(norm):
                         values["train/grad_norm"] = norm
-                    self.monitor.log(self.step, values, epoch=epoch + 1)
+                    ranks = self.health.gather()  # after the read: the window's time includes its device work
+                    self.monitor.log(self.step, values | ranks.scalars(), epoch=epoch + 1)
+                    if news := self.health.news(ranks):  # a rank became a straggler (or none is any more)
+                        self.monitor.print("\n".join(news))
+                        self.monitor.text("ranks/stragglers", "\n\n".join(news), self.step)
                     self.monitor.advance(self.cfg.train.log_every, loss=loss)
                 if vote.poll(GUARD.received):
                     break

@@ -8,7 +8,7 @@ import torch
 from conftest import TINY, assert_ok, read_metrics, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dist_train.diffusion import fit_log, layer_of
+from dist_train.diffusion import fit_log, layer_labels, layer_of
 
 
 def test_fit_recovers_a_log_curve():
@@ -30,6 +30,10 @@ def test_fit_of_noisy_and_non_log_curves():
 
 def test_layer_names():
     assert layer_of("layer1.0.conv1.weight") == "layer1.0.conv1" and layer_of("bias") == "bias"
+    nn = torch.nn
+    stem = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    model = nn.Sequential(stem, nn.Flatten(), nn.Linear(4, 2))
+    assert layer_labels(model) == {"0.0": "0.conv1", "0.1": "0.bn1", "0.3": "0.conv2", "2": "fc1"}
 
 
 def test_distance_logged_fitted_and_kept_across_resume(tmp_path):
@@ -49,8 +53,13 @@ def test_distance_logged_fitted_and_kept_across_resume(tmp_path):
     assert "diffusion:" in result.stdout
     distances = [r["diffusion/distance"] for r in read_metrics(tmp_path / "diff") if "diffusion/distance" in r]
     assert len(distances) == 16 and distances[-1] > distances[0] > 0
-    events = EventAccumulator(str(tmp_path / "diff" / "tb"))
+    events = EventAccumulator(str(tmp_path / "diff"))
     events.Reload()
     tags = events.Tags()["scalars"]
-    assert "diffusion/fit_slope" in tags and any(t.startswith("diffusion/layer/") for t in tags)
+    # Layers by name (c1 is a Sequential: by kind and count), the fit as text rather than one-point charts.
+    layers = [t.removeprefix("diffusion/layer/") for t in tags if t.startswith("diffusion/layer/")]
+    assert layers == ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "fc1"]
+    assert not any(t.startswith("diffusion/fit") for t in tags)
+    fit_text = events.Tensors("diffusion/fit/text_summary")[-1]  # the 1-epoch run fitted its 8 points too
+    assert fit_text.step == 24 and "up to step 24" in fit_text.tensor_proto.string_val[0].decode()
     assert [e.step for e in events.Scalars("diffusion/distance")] == list(range(2, 33, 2))

@@ -64,7 +64,7 @@ def test_two_task_job_trains_the_quickstart(quickstart_run: Path) -> None:
     rank0 = next(logs.glob("*_0_log.out")).read_text()
     assert "2 process(es), gloo on cpu" in rank0 and "Job completed successfully" in rank0
     assert next(logs.glob("*_1_log.out")).is_file()  # the second task ran too
-    events = EventAccumulator(str(quickstart_run / "tb"))
+    events = EventAccumulator(str(quickstart_run))
     events.Reload()
     val_acc = events.Scalars("val/acc")
     assert [e.step for e in val_acc] == [32 * epoch for epoch in range(1, 7)]
@@ -105,7 +105,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path: Path, quickstart_run
         assert "Calling checkpoint method" in rank0
     for name, tensor in load_weights(quickstart_run).items():
         assert torch.equal(tensor, load_weights(run_dir)[name]), name
-    events = EventAccumulator(str(run_dir / "tb"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     assert [e.step for e in events.Scalars("val/acc")] == [32 * epoch for epoch in range(1, 7)]  # no duplicates
 
@@ -231,3 +231,20 @@ def test_requeued_swap_job_resumes_inside_phase2(tmp_path: Path) -> None:
     )
     for name, value in reference.items():
         torch.testing.assert_close(final[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_jobs_are_named_after_their_runs(tmp_path: Path) -> None:
+    """``squeue`` lists a job by its run's name, or by ``--job-name`` when given."""
+    args = ["submit", *QUICKSTART, "--time", "10", f"out_dir={tmp_path}"]
+    jobs = {
+        job_id_of(run_cli([*args, "name=bs128-lr0.2"])): "bs128-lr0.2",
+        job_id_of(run_cli([*args, "name=second", "--job-name", "my-sweep"])): "my-sweep",
+    }
+    try:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--format=%i %j", f"--jobs={','.join(jobs)}"], capture_output=True, text=True
+        ).stdout
+        assert dict(line.split() for line in listed.splitlines()) == jobs
+    finally:
+        subprocess.run(["scancel", *jobs], check=True)
+    wait_until(lambda: not set(jobs) & set(queued_jobs()), what="the jobs to end")

@@ -97,7 +97,11 @@ def test_dry_run_of_a_gpu_job_needs_no_cluster(tmp_path: Path) -> None:
     assert_ok(result)
     for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4"):
         assert line in result.stdout
+    assert "#SBATCH --job-name=quickstart" in result.stdout  # named after the run
     assert f"out_dir: {tmp_path}/r" in result.stdout and not (tmp_path / "r").exists()
+    renamed = run_cli([*command, "--job-name", "cifar-bs4k", "name=other"], env=NO_SLURM)
+    assert_ok(renamed)
+    assert "#SBATCH --job-name=cifar-bs4k" in renamed.stdout
 
 
 @pytest.mark.parametrize(
@@ -136,4 +140,5 @@ def test_sweep_dry_run_needs_no_cluster(tmp_path: Path) -> None:
     result = run_cli(["submit", "--sweep", str(path), "--nodes", "2", "--dry-run"], env=NO_SLURM)
     assert_ok(result)
     assert "#SBATCH --array=0-1%2" in result.stdout and "#SBATCH --nodes=2" in result.stdout
+    assert "#SBATCH --job-name=grid" in result.stdout  # the job array is named after the sweep
     assert not (tmp_path / "runs").exists()

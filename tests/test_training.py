@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,14 +44,15 @@ def test_quickstart_learns_and_writes_a_run_directory(quickstart):
     assert summary["world_size"] == 2 and summary["steps"] == 6 * 32
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert "model:\n  name: c1" in (run_dir / "config.yaml").read_text()
-    # Only rank 0 writes: one event file, one config, no temporary files.
-    assert len(list((run_dir / "tb").iterdir())) == 1
-    assert sorted(p.name for p in run_dir.iterdir()) == [
+    # Only rank 0 writes: one event file (in the run directory, so TensorBoard lists the run by its name), one
+    # config, no temporary files.
+    events = list(run_dir.glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    assert sorted(p.name for p in run_dir.iterdir() if p not in events) == [
         "checkpoints",
         "config.yaml",
         "metrics.jsonl",
         "summary.json",
-        "tb",
     ]
     assert result.stdout.count("epoch 6/6") == 1
     # Not a terminal: no progress bar redraws.
@@ -59,7 +61,7 @@ def test_quickstart_learns_and_writes_a_run_directory(quickstart):
 
 def test_tensorboard_events_read_back(quickstart):
     run_dir, _ = quickstart
-    events = EventAccumulator(str(run_dir / "tb"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     expected = {
@@ -74,6 +76,16 @@ def test_tensorboard_events_read_back(quickstart):
         "train/step_loss",
     }
     assert expected <= tags
+    # What TensorBoard opens on: the Overview group (sorted first), the custom-scalars layout, each rank's pace.
+    overview = ["accuracy (val)", "loss (train)", "lr", "throughput (images per s)"]
+    assert sorted(t for t in tags if t.startswith("Overview/")) == [f"Overview/{name}" for name in overview]
+    assert [e.value for e in events.Scalars("Overview/accuracy (val)")] == [e.value for e in events.Scalars("val/acc")]
+    assert {f"ranks/step_s/rank{r}" for r in (0, 1)} <= tags
+    assert "custom_scalars__config__" in events.Tags()["tensors"]
+    (hosts,) = events.Tensors("hosts/text_summary")
+    assert f"| {socket.gethostname()} | 0, 1 |" in hosts.tensor_proto.string_val[0].decode()
+    grid = events.Images("augment/views")[0]  # 8 samples × 1 view of 32 px, 3 times larger, class names on the left
+    assert grid.height == 3 * (8 * 33 + 1) and grid.width > 3 * (33 + 1)
     val_acc = events.Scalars("val/acc")
     assert [e.step for e in val_acc] == [32 * (i + 1) for i in range(6)]
     assert val_acc[-1].value > val_acc[0].value
@@ -182,7 +194,7 @@ def test_sigkill_of_a_worker_restarts_and_resumes(reference_run_4, tmp_path):
     for key in expected:
         assert torch.equal(weights[key], expected[key]), key
     # TensorBoard shows each step once: the killed attempt's events after the checkpoint are purged.
-    events = EventAccumulator(str(run_dir / "tb"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     assert [e.step for e in events.Scalars("val/acc")] == [16, 32]
     assert [r["step"] for r in read_metrics(run_dir) if "val/acc" in r] == [16, 32]
