@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dist_train.config import Config, load_config, to_yaml
 from dist_train.errors import ConfigError, DistTrainError, describe_os_error, one_line
+from dist_train.stop import EXIT_STATUS, Terminated
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -267,7 +268,7 @@ def _collective(error: BaseException) -> str:
 def failure_line(error: Exception) -> str | None:
     """The one line that reports ``error``: the user's input, the machine or another rank; None for a bug
     (whose traceback is then shown)."""
-    if isinstance(error, DistTrainError):
+    if isinstance(error, DistTrainError | Terminated):
         return one_line(error)
     if isinstance(error, OSError):  # full disk, permission denied, read-only file system, ...
         return describe_os_error(error)
@@ -304,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
 
         train(cfg)
         return 0
+    except Terminated as e:  # every rank stops at the same step; rank 0 says where
+        if os.environ.get("RANK", "0") == "0":
+            print(f"dist-train: {e}", file=sys.stderr, flush=True)
+        return EXIT_STATUS
     except Exception as e:
         line = failure_line(e)
         if line is None:

@@ -33,7 +33,7 @@ def check_records(run_dir: Path) -> None:
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         metrics.open("a").close()  # opening to append changes nothing; an immutable file refuses it
-    for folder in (run_dir / "tb", run_dir):
+    for folder in (events_dir(run_dir), run_dir):
         if folder.is_dir() and not os.access(folder, os.W_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
 

@@ -14,6 +14,7 @@ from dist_train.config import Config, to_dict
 from dist_train.distributed import DistContext, agree, distributed
 from dist_train.jsonio import write_json
 from dist_train.rundir import RunLock, write_summary
+from dist_train.stop import catch_sigterm
 from dist_train.swap import train_swap
 
 
@@ -37,9 +38,11 @@ def hparams_of(cfg: Config, world_size: int) -> dict[str, Any]:
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or continue) one training run inside the process group the environment describes.
 
-    Rank 0 holds the run directory's lock (see :mod:`dist_train.rundir`) from start to end.
+    Rank 0 holds the run directory's lock (see :mod:`dist_train.rundir`) from start to end. A SIGTERM
+    ends the run cleanly (:mod:`dist_train.stop`): :class:`~dist_train.stop.Terminated` is raised once the
+    lock is released.
     """
-    with distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
+    with catch_sigterm(), distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
         resolve_data_backend(cfg, ctx.device)
         run_dir = Path(cfg.out_dir) / cfg.name
         lock = agree(lambda: RunLock.acquire(run_dir) if ctx.is_primary else None, undo=release)

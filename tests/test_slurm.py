@@ -233,6 +233,32 @@ def test_requeued_swap_job_resumes_inside_phase2(tmp_path: Path) -> None:
         torch.testing.assert_close(final[name], value, rtol=0, atol=1e-6, msg=name)
 
 
+def test_scancel_stops_the_job_with_a_checkpoint_and_no_lock(tmp_path: Path, quickstart_run: Path) -> None:
+    """``scancel`` sends SIGTERM to every task: both ranks stop after the same step, checkpoint it, release
+    the lock and say so in one line each (no traceback in the job's logs); submitted again, the run resumes
+    there and ends with the weights of the uninterrupted job."""
+    args = [*QUICKSTART, *TWO_TASKS, "train.log_every=1", f"out_dir={tmp_path}"]
+    job = job_id_of(run_cli(["submit", *args]))
+    run_dir = tmp_path / "quickstart"
+    metrics = run_dir / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and any(r.get("epoch") == 2 for r in read_metrics(run_dir)), what="epoch 2")
+    subprocess.run(["scancel", job], check=True)
+    wait_until(lambda: job not in queued_jobs(), what=f"job {job} to end")
+
+    assert not (run_dir / ".lock").exists()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch_progress"] is not None  # stopped inside an epoch, at the step it was told
+    assert read_metrics(run_dir)[-1]["event"] == "stopped"
+    for rank in (0, 1):
+        log = next((run_dir / "slurm").glob(f"*_{rank}_log.err")).read_text()
+        lines = [line for line in log.splitlines() if "stopped by SIGTERM" in line]
+        assert len(lines) == 1 and f"after step {state['step']} " in lines[0], log[-2000:]
+        assert "Traceback" not in log, log[-3000:]
+    assert_ok(run_cli(["submit", *args, "--wait"], timeout=600))
+    for name, tensor in load_weights(quickstart_run).items():
+        assert torch.equal(tensor, load_weights(run_dir)[name]), name
+
+
 def test_jobs_are_named_after_their_runs(tmp_path: Path) -> None:
     """``squeue`` lists a job by its run's name, or by ``--job-name`` when given."""
     args = ["submit", *QUICKSTART, "--time", "10", f"out_dir={tmp_path}"]
