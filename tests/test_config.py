@@ -31,7 +31,7 @@ def test_defaults_file_and_overrides_merge_in_order(tmp_path):
         (["optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
         (["optm.lr=0.1"], "did you mean 'optim.lr'?"),
         (["optim.lr=fast"], "bad value for 'optim.lr'"),
-        (["data.dataset=cifar11"], "expected one of"),
+        (["data.dataset=cifar11"], "unknown data.dataset 'cifar11'; choose one of"),
         (["optim.lr"], "bad override 'optim.lr'"),
         (["train.epochs=0"], "train.epochs must be at least 1"),
         (["data.dataset=mnist"], "data.root is required"),

@@ -29,6 +29,7 @@ def trainer_syncs_buffers(out: Path, ghost_batch_size: int) -> bool:
             "model.width=4",
             f"bn.ghost_batch_size={ghost_batch_size}",
             f"out_dir={out}",
+            f"name=ghost{ghost_batch_size}",
         ],
     )
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), 0, torch.device("cpu"), "gloo")
