@@ -21,9 +21,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from common import REPO, SMOKE_SUBSET, DataSpec, mean_std, parse, read_records, run, write_results
+from common import REPO, SMOKE_SUBSET, DataSpec, mean_std, parse, read_records, run
 from common import parser as experiment_parser
-from gap_mnist import Gap, plot, variant_overrides
+from gap_mnist import Gap, save, variant_overrides
 
 C1_DATA = DataSpec(
     "fashion_mnist_c1",
@@ -139,14 +139,7 @@ def main() -> None:
         args.epochs, args.ra_seeds = 1, 1
     stem = f"gap_{C1_DATA.key}"
     results = run_all(args.seeds, args.ra_seeds, args.epochs, args.runs / stem, args.smoke)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(GAP, results, args.out / f"{stem}.png")
-    text = table(results, args.epochs)
-    for runs in results.values():
-        for summary in runs:
-            summary.pop("diffusion_points", None)
-            summary.pop("curve", None)
-    write_results(args.out, stem, text, results)
+    save(GAP, results, args.out, stem, table(results, args.epochs))
 
 
 if __name__ == "__main__":

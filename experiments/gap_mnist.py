@@ -118,14 +118,18 @@ def main(gap: Gap) -> None:
         args.epochs = 1
     stem = f"gap_{gap.spec.key}"
     results = run_all(gap, args.seeds, args.small_batch, args.factor, args.epochs, args.runs / stem, args.smoke)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(gap, results, args.out / f"{stem}.png")
-    text = table(gap, results, args.small_batch, args.factor, args.epochs, args.seeds)
+    save(gap, results, args.out, stem, table(gap, results, args.small_batch, args.factor, args.epochs, args.seeds))
+
+
+def save(gap: Gap, results: dict[str, list[dict]], out: Path, stem: str, text: str) -> None:
+    """The plot, then the table and the summaries without their per-step series, in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot(gap, results, out / f"{stem}.png")
     for runs in results.values():
         for summary in runs:
             summary.pop("diffusion_points", None)
             summary.pop("curve", None)
-    write_results(args.out, stem, text, results)
+    write_results(out, stem, text, results)
 
 
 if __name__ == "__main__":
