@@ -333,6 +333,13 @@ def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path, long
             signal_all(ranks, signal.SIGCONT)
             wait_until(lambda: not job_ranks(run_dir), timeout=60 + 30, what="every rank to exit")  # dist.timeout_s
             ranks_gone = time.monotonic()
+            # The ranks that outlived node1 stopped with one line each, not a traceback (read now: the requeued
+            # job writes the same log files).
+            errors = {p.name: p.read_text() for p in (run_dir / "slurm").glob("*_log.err")}
+            assert len(errors) == 4, sorted(errors)
+            for name, text in errors.items():
+                assert "Traceback" not in text, f"{name}:\n{text[-3000:]}"
+            assert any("dist-train: error:" in text for text in errors.values()), errors
             state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
             assert 0 < state["step"] < 160
             # Bring node1 back only once SLURM has finished requeuing: node1 then registers with the first run's
