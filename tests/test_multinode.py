@@ -164,17 +164,24 @@ def starts(run_dir: Path) -> list[dict]:
 # -- jobs across SLURM nodes ------------------------------------------------------------------------
 
 
-def test_two_node_job_trains_the_quickstart(cluster: list[str], tmp_path: Path) -> None:
-    """4 ranks on 2 hosts (gloo over the bridge); one run directory written once, by rank 0; --wait prints the
-    validation accuracy."""
-    result = run_command(SUBMIT, f"out_dir={tmp_path}")
+def submit_two_by_two(out: Path, *overrides: str) -> Path:
+    """Run SUBMIT (2 nodes × 2 tasks, 2 epochs) into ``out``; check it trained 64 steps on 4 ranks over both hosts
+    to better than chance, and return its run directory."""
+    result = run_command(SUBMIT, f"out_dir={out}", *overrides)
     assert_ok(result)
     assert re.search(r"job \d+: quickstart: val acc \d+\.\d+% after 64 steps", result.stdout), result.stdout
-    run_dir = tmp_path / "quickstart"
+    run_dir = out / "quickstart"
     (start,) = starts(run_dir)
     assert start["world_size"] == 4 and start["hosts"] == ["node0", "node0", "node1", "node1"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 * 32 and summary["val_acc"] > 0.3  # chance is 0.1
+    return run_dir
+
+
+def test_two_node_job_trains_the_quickstart(cluster: list[str], tmp_path: Path) -> None:
+    """4 ranks on 2 hosts (gloo over the bridge); one run directory written once, by rank 0; --wait prints the
+    validation accuracy."""
+    run_dir = submit_two_by_two(tmp_path)
     records = read_metrics(run_dir)
     steps = [r["step"] for r in records if "train/step_loss" in r]
     assert steps == list(range(8, 65, 8))  # every logged step once: only rank 0 writes
