@@ -221,11 +221,14 @@ def _fail(message: str) -> int:
     return 1
 
 
+TIMEOUT_CLOSED = "Application timeout caused pair closure"
+"""gloo's error for an operation on a connection closed by the timeout of another operation."""
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
 
 
-def resource_failure(error: RuntimeError) -> str | None:
-    """One line for the runtime errors that are the machine's or another rank's doing, not a bug here."""
+def resource_failure(error: RuntimeError, timeout_s: float | None = None) -> str | None:
+    """One line for the runtime errors that are the machine's or another rank's doing, not a bug here
+    (``timeout_s``: the run's dist.timeout_s, for the timeouts whose message does not say it)."""
     text = str(error)
     if "out of memory" in text.lower() or "can't allocate memory" in text:
         where = "GPU" if "CUDA" in text else "host"
@@ -237,11 +240,14 @@ def resource_failure(error: RuntimeError) -> str | None:
             + ": lower data.batch_size (raise train.grad_accum_steps to keep the batch) or the data held in memory"
         )
     timed_out = re.search(r"Timed out waiting (\d+)ms for (\w+)", text)
-    if timed_out:
+    if timed_out or TIMEOUT_CLOSED in text:
+        # gloo's own timeout names the wait; an operation on a connection that another one's timeout closed
+        # (an all-reduce still in flight) only says that it was closed.
+        within = f"{int(timed_out.group(1)) / 1000:g} s" if timed_out else f"{timeout_s:g} s" if timeout_s else ""
+        what = f"the {timed_out.group(2)} of {_collective(error)}" if timed_out else _collective(error)
         return (
-            f"{_silent_peer()} stopped answering: no reply within {int(timed_out.group(1)) / 1000:g} s "
-            f"(dist.timeout_s) to the {timed_out.group(2)} of {_collective(error)}; that process hangs, was stopped "
-            "or lost its node"
+            f"{_silent_peer()} stopped answering: no reply within {within or 'dist.timeout_s'}"
+            f"{' (dist.timeout_s)' if within else ''} to {what}; that process hangs, was stopped or lost its node"
         )
     if any(marker in text for marker in PEER_LOST) or type(error).__name__ == "DistBackendError":
         return "lost contact with the other processes of the job (another rank failed or was killed: see its error)"
@@ -262,12 +268,15 @@ def _collective(error: BaseException) -> str:
     names = [frame.name for frame in frames if frame.filename.endswith("distributed_c10d.py")]
     if names:
         return names[0]
-    return "the gradient all-reduce" if any(frame.name == "backward" for frame in frames) else "a collective"
+    called = {frame.name for frame in frames}
+    if "backward" in called:
+        return "the gradient all-reduce"
+    return "DDP's broadcast of the model's buffers" if "_sync_buffers" in called else "a collective"
 
 
-def failure_line(error: Exception) -> str | None:
+def failure_line(error: Exception, timeout_s: float | None = None) -> str | None:
     """The one line that reports ``error``: the user's input, the machine or another rank; None for a bug
-    (whose traceback is then shown)."""
+    (whose traceback is then shown). ``timeout_s``: the run's dist.timeout_s, where known."""
     if isinstance(error, DistTrainError | Terminated):
         return one_line(error)
     if isinstance(error, OSError):  # full disk, permission denied, read-only file system, ...
@@ -275,12 +284,13 @@ def failure_line(error: Exception) -> str | None:
     if isinstance(error, MemoryError):
         return "out of memory in host RAM: lower data.batch_size or data.num_workers"
     if isinstance(error, RuntimeError):
-        return resource_failure(error)
+        return resource_failure(error, timeout_s)
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cfg = None
     try:
         if args.command == "submit":
             return submit(args)
@@ -310,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dist-train: {e}", file=sys.stderr, flush=True)
         return EXIT_STATUS
     except Exception as e:
-        line = failure_line(e)
+        line = failure_line(e, cfg.dist.timeout_s if cfg else None)
         if line is None:
             raise
         return _fail(line)

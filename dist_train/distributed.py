@@ -184,11 +184,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def local_torchrun(nproc: int, *args: str) -> list[str]:
-    """The command line of a one-machine torchrun job of ``nproc`` processes (c10d rendezvous on a free port)."""
+    """The command line of a one-machine torchrun job of ``nproc`` processes (c10d rendezvous on a free port),
+    through :mod:`dist_train.torchrun`: a failure ends in the workers' lines and one of torchrun's."""
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "dist_train.torchrun",
         f"--nproc-per-node={nproc}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint=127.0.0.1:{free_port()}",

@@ -189,7 +189,7 @@ class TrainJob:
         try:
             return train(cfg)
         except Exception as error:  # a bug is raised again, with its traceback
-            _end_task(error)
+            _end_task(error, cfg.dist.timeout_s)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue the same run; it resumes from the run directory's last checkpoint.
@@ -201,14 +201,14 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(dataclasses.replace(self.cfg, resume="auto")))
 
 
-def _end_task(error: Exception) -> NoReturn:
+def _end_task(error: Exception, timeout_s: float) -> NoReturn:
     """End this task on ``error`` with the one line ``dist-train train`` would print (also the task's result,
     which ``submit --wait`` reports), instead of submitit's traceback in the job's log; a bug is raised as it is."""
     from submitit.core import utils
 
     from dist_train.cli import _fail, failure_line
 
-    line = failure_line(error)
+    line = failure_line(error, timeout_s)
     if line is None:
         raise error
     _fail(line)

@@ -42,4 +42,5 @@ fi
 # A fresh rendezvous store for every restart (served by the workers' rank 0), not one the agent keeps: the
 # agents of several nodes may count their restarts differently, and the workers must agree on the store.
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
-exec "$python" -m torch.distributed.run "${args[@]}" -m dist_train train "$@"
+# dist_train.torchrun is torchrun, ending in one line instead of a traceback when workers fail or it is signalled.
+exec "$python" -m dist_train.torchrun "${args[@]}" -m dist_train train "$@"

@@ -505,8 +505,8 @@ def test_torchrun_across_two_nodes_restarts_after_a_killed_worker(own_nodes: str
             if (run_dir / "metrics.jsonl").exists():
                 steps = [r for r in read_metrics(run_dir) if r.get("epoch") == 2 and "train/step_loss" in r]
                 workers = set(node_processes(own_nodes, "node1", "dist_train train"))
-                workers -= set(node_processes(own_nodes, "node1", "torch.distributed.run"))  # not the agent
-                workers -= set(node_processes(own_nodes, "node1", "bin/torchrun"))
+                for agent in ("dist_train.torchrun", "bin/torchrun"):  # launch/train.sh's agent, torchrun's
+                    workers -= set(node_processes(own_nodes, "node1", agent))
                 if steps and workers:
                     os.kill(min(workers), signal.SIGKILL)
                     killed_at = steps[-1]["step"]
