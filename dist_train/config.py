@@ -351,10 +351,11 @@ class DistConfig:
     sync_buffers: bool = True
     """Let DDP copy rank 0's buffers (BN running statistics) to every rank at each forward."""
     exact_reduction: bool = True
-    """With three or more ranks, all-reduce each gradient as its own tensor, so that its sum does not
-    depend on DDP's bucket layout (which a restarted process rebuilds): a resume is then bitwise exact
-    at any world size. false: DDP's bucketed all-reduce (fewer, larger collectives; a resume may then
-    differ from an uninterrupted run in the last bits). One or two ranks are exact either way."""
+    """Lay DDP's gradient buckets out once, from the model's parameter order, so that every process (fresh,
+    restarted or long-running) sums each gradient in the same order: a resume is then bitwise exact at any
+    world size. false: DDP's own layout, rebuilt after each process's first backward (a resume with three
+    or more ranks may then differ from an uninterrupted run in the last bits). One or two ranks are exact
+    either way."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The run directory's integrity: one run at a time, nothing touched before everything is checked, nothing deleted.
 
 A run directory (``out_dir/name``) holds ``config.yaml``, ``checkpoints/``,
-``metrics.jsonl``, ``tb/`` and ``summary.json``. Three rules keep it whole:
+``metrics.jsonl``, TensorBoard's event files and ``summary.json``. Three rules keep it whole:
 
 1. **One writer.** Rank 0 holds ``.lock`` (host, pid, start time, job) for the life
    of the run; a second run on the directory fails at once naming the holder.
@@ -13,7 +13,7 @@ A run directory (``out_dir/name``) holds ``config.yaml``, ``checkpoints/``,
    directory byte-for-byte as it was.
 3. **Move aside, never delete.** When a resume rewinds the records past its
    checkpoint, or a run continues with a changed config, what is replaced goes to
-   ``history/<time>/`` (metrics lines, a copy of ``tb/``, the old ``config.yaml``).
+   ``history/<time>/`` (metrics lines, a copy of the event files in ``tb/``, the old ``config.yaml``).
 """
 
 from __future__ import annotations

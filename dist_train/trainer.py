@@ -34,7 +34,7 @@ from dist_train.config import Config, to_dict
 from dist_train.data.loader import TrainLoader, epoch_seed
 from dist_train.distributed import DistContext, agree, all_gather_objects, all_reduce_sum
 from dist_train.errors import CheckpointError
-from dist_train.grad_reduce import needs_layout_free_reduction, per_tensor_allreduce
+from dist_train.grad_reduce import fix_bucket_layout
 from dist_train.health import RankHealth
 from dist_train.monitor import Monitor
 from dist_train.nn.ghost_bn import averaged_bn_buffers, bn_running_buffers, has_ghost_bn
@@ -232,8 +232,8 @@ class Trainer:
             wrapped = DistributedDataParallel(
                 model, device_ids=device_ids, process_group=self.ctx.group, **ddp_buffer_sync(sync)
             )
-            if self.cfg.dist.exact_reduction and needs_layout_free_reduction(dist.get_world_size(self.ctx.group)):
-                wrapped.register_comm_hook(self.ctx.group, per_tensor_allreduce)
+            if self.cfg.dist.exact_reduction:
+                fix_bucket_layout(wrapped)
         if self.cfg.train.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
