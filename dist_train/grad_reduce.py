@@ -21,8 +21,13 @@ measured gradient order, DDP's own assumption for its first step.
 from torch.nn.parallel import DistributedDataParallel
 
 
-def fix_bucket_layout(model: DistributedDataParallel) -> None:
-    """Make ``model``'s gradient buckets the same in every process from its first step on (call before it)."""
+def fix_bucket_layout(model: DistributedDataParallel) -> bool:
+    """Make ``model``'s gradient buckets the same in every process from its first step on (call before it);
+    False where this torch's reducer cannot (DDP's own layout then stays)."""
     # The call DDP's own Join hook makes for the same purpose: the rebuild at the first forward then takes
     # every parameter, in index order, instead of the order the first backward would record.
-    model.reducer._push_all_rebuilt_params()
+    push = getattr(model.reducer, "_push_all_rebuilt_params", None)
+    if push is None:
+        return False
+    push()
+    return True

@@ -232,8 +232,11 @@ class Trainer:
             wrapped = DistributedDataParallel(
                 model, device_ids=device_ids, process_group=self.ctx.group, **ddp_buffer_sync(sync)
             )
-            if self.cfg.dist.exact_reduction:
-                fix_bucket_layout(wrapped)
+            if self.cfg.dist.exact_reduction and not fix_bucket_layout(wrapped):
+                self.monitor.print(
+                    f"warning: torch {torch.__version__} cannot fix DDP's bucket layout (dist.exact_reduction): "
+                    "with 3 or more ranks a resumed run may differ from an uninterrupted one in the last bits"
+                )
         if self.cfg.train.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
