@@ -26,7 +26,7 @@ from dist_train.distributed import local_torchrun
 REPO = Path(__file__).resolve().parent.parent
 
 
-def train_seconds(model: str, exact: bool, nproc: int, args: argparse.Namespace, out: Path) -> float:
+def train_seconds(model: str, exact: bool, args: argparse.Namespace, out: Path) -> float:
     """One run's training time, in seconds."""
     name = f"{model}-{'exact' if exact else 'default'}"
     overrides = [
@@ -42,7 +42,15 @@ def train_seconds(model: str, exact: bool, nproc: int, args: argparse.Namespace,
         f"out_dir={out}",
         f"name={name}",
     ]
-    command = [*local_torchrun(nproc), "-m", "dist_train", "train", "--config", "configs/quickstart.yaml", *overrides]
+    command = [
+        *local_torchrun(args.nproc),
+        "-m",
+        "dist_train",
+        "train",
+        "--config",
+        "configs/quickstart.yaml",
+        *overrides,
+    ]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
     summary = json.loads((out / name / "summary.json").read_text())
     shutil.rmtree(out / name)
@@ -70,7 +78,7 @@ def main() -> None:
             for round_index in range(args.rounds):
                 order = (True, False) if round_index % 2 == 0 else (False, True)
                 for exact in order:
-                    times[exact].append(train_seconds(model, exact, args.nproc, args, Path(folder)))
+                    times[exact].append(train_seconds(model, exact, args, Path(folder)))
             exact, default = statistics.median(times[True]), statistics.median(times[False])
             print(
                 f"  {model:<10} exact {exact:7.2f} s   default {default:7.2f} s   ratio exact/default = "

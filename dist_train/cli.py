@@ -240,14 +240,16 @@ def resource_failure(error: RuntimeError, timeout_s: float | None = None) -> str
             + ": lower data.batch_size (raise train.grad_accum_steps to keep the batch) or the data held in memory"
         )
     timed_out = re.search(r"Timed out waiting (\d+)ms for (\w+)", text)
+    if timed_out:  # gloo's own timeout names the wait
+        within = f"{int(timed_out.group(1)) / 1000:g} s (dist.timeout_s)"
+        what = f"the {timed_out.group(2)} of {_collective(error)}"
+    elif TIMEOUT_CLOSED in text:  # a connection another operation's timeout closed (an all-reduce in flight)
+        within = f"{timeout_s:g} s (dist.timeout_s)" if timeout_s else "dist.timeout_s"
+        what = _collective(error)
     if timed_out or TIMEOUT_CLOSED in text:
-        # gloo's own timeout names the wait; an operation on a connection that another one's timeout closed
-        # (an all-reduce still in flight) only says that it was closed.
-        within = f"{int(timed_out.group(1)) / 1000:g} s" if timed_out else f"{timeout_s:g} s" if timeout_s else ""
-        what = f"the {timed_out.group(2)} of {_collective(error)}" if timed_out else _collective(error)
         return (
-            f"{_silent_peer()} stopped answering: no reply within {within or 'dist.timeout_s'}"
-            f"{' (dist.timeout_s)' if within else ''} to {what}; that process hangs, was stopped or lost its node"
+            f"{_silent_peer()} stopped answering: no reply within {within} to {what}; that process hangs, "
+            "was stopped or lost its node"
         )
     if any(marker in text for marker in PEER_LOST) or type(error).__name__ == "DistBackendError":
         return "lost contact with the other processes of the job (another rank failed or was killed: see its error)"

@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         torchrun_main(argv)
     except ChildFailedError as error:
         print(failure_line(error), file=sys.stderr)
-        return exit_status(error.get_first_failure()[1].exitcode) or 1
+        return exit_status(error.get_first_failure()[1].exitcode)
     except SignalException as stopped:  # the workers got the signal too, and reported how they stopped
         print(f"torchrun: stopped by {signal.Signals(stopped.sigval).name}", file=sys.stderr)
-        return 128 + int(stopped.sigval)
+        return exit_status(-int(stopped.sigval))
     return 0
 
 
