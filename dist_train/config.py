@@ -391,6 +391,11 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
+    @property
+    def run_dir(self) -> Path:
+        """The run directory: ``out_dir/name``."""
+        return Path(self.out_dir) / self.name
+
 
 def _valid_keys(schema: type, prefix: str = "") -> list[str]:
     """Every dotted key of a dataclass schema, e.g. ``optim.lr``."""
