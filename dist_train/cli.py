@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-import traceback
 from pathlib import Path
 
+from dist_train import slurm
 from dist_train.config import Config, load_config, to_yaml
-from dist_train.errors import ConfigError, DistTrainError, describe_os_error, one_line
+from dist_train.errors import ConfigError
+from dist_train.failures import failure_line, print_error, rank_prefix
 from dist_train.stop import EXIT_STATUS, Terminated
 
 
@@ -43,8 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--logs", help="submitit/SLURM log folder (default: RUN_DIR/slurm or SWEEP_DIR/slurm)")
     submit.add_argument("--dry-run", action="store_true", help="print the sbatch options and config; submit nothing")
     submit.add_argument("--wait", action="store_true", help="wait for the job(s) to end (through requeues)")
-    from dist_train import slurm
-
     slurm.add_arguments(submit)
 
     text = "run a sweep here, one run after another (finished runs are skipped)"
@@ -80,11 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _rank_prefix() -> str:
-    world = os.environ.get("WORLD_SIZE")
-    return f"[rank {os.environ.get('RANK', '0')}] " if world and world != "1" else ""
-
-
 def describe_plan(cfg: Config, given_train_size: int = 0) -> str:
     """The plan table for ``cfg``; the training set is counted without loading it (see data/sizes.py)."""
     from dist_train.data.sizes import train_size
@@ -104,7 +97,6 @@ def describe_plan(cfg: Config, given_train_size: int = 0) -> str:
 
 
 def submit(args: argparse.Namespace) -> int:
-    from dist_train import slurm
     from dist_train.sweep import describe, is_done, load_sweep
 
     options = slurm.options_from_args(args)
@@ -119,7 +111,7 @@ def submit(args: argparse.Namespace) -> int:
         default_logs = plan.directory / "slurm"
     else:
         configs = [load_config(args.config, args.overrides)]
-        default_logs = Path(configs[0].out_dir) / configs[0].name / "slurm"
+        default_logs = configs[0].run_dir / "slurm"
     logs = Path(args.logs or default_logs).resolve()
     # Every run is checked before anything is submitted (a dry run does not look for data.root here).
     configs = [slurm.prepare(cfg, options, check_data=not args.dry_run) for cfg in configs]
@@ -140,7 +132,7 @@ def submit(args: argparse.Namespace) -> int:
         print(f"runs: {configs[0].out_dir}")
     else:
         print(f"submitted job {jobs[0].job_id}: {ranks}")
-        print(f"run: {Path(configs[0].out_dir) / configs[0].name}")
+        print(f"run: {configs[0].run_dir}")
     print(f"logs: {logs}\nwatch: squeue --me; tensorboard --logdir {configs[0].out_dir}", flush=True)
     if args.wait:
         for job, summary in zip(jobs, slurm.wait(jobs), strict=True):
@@ -215,81 +207,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _fail(message: str) -> int:
-    """Report one error line; one write per line, so the lines of several ranks never interleave."""
-    os.write(2, f"{_rank_prefix()}dist-train: error: {message}\n".encode())
-    return 1
-
-
-TIMEOUT_CLOSED = "Application timeout caused pair closure"
-"""gloo's error for an operation on a connection closed by the timeout of another operation."""
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
-
-
-def resource_failure(error: RuntimeError, timeout_s: float | None = None) -> str | None:
-    """One line for the runtime errors that are the machine's or another rank's doing, not a bug here
-    (``timeout_s``: the run's dist.timeout_s, for the timeouts whose message does not say it)."""
-    text = str(error)
-    if "out of memory" in text.lower() or "can't allocate memory" in text:
-        where = "GPU" if "CUDA" in text else "host"
-        found = re.search(r"[Tt]ried to allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ \w+)", text)
-        size = "" if not found else found.group(2) or f"{int(found.group(1)) / 2**30:.3g} GiB"
-        return (
-            f"out of {where} memory"
-            + (f" (could not allocate {size})" if size else "")
-            + ": lower data.batch_size (raise train.grad_accum_steps to keep the batch) or the data held in memory"
-        )
-    timed_out = re.search(r"Timed out waiting (\d+)ms for (\w+)", text)
-    if timed_out:  # gloo's own timeout names the wait
-        within = f"{int(timed_out.group(1)) / 1000:g} s (dist.timeout_s)"
-        what = f"the {timed_out.group(2)} of {_collective(error)}"
-    elif TIMEOUT_CLOSED in text:  # a connection another operation's timeout closed (an all-reduce in flight)
-        within = f"{timeout_s:g} s (dist.timeout_s)" if timeout_s else "dist.timeout_s"
-        what = _collective(error)
-    if timed_out or TIMEOUT_CLOSED in text:
-        return (
-            f"{_silent_peer()} stopped answering: no reply within {within} to {what}; that process hangs, "
-            "was stopped or lost its node"
-        )
-    if any(marker in text for marker in PEER_LOST) or type(error).__name__ == "DistBackendError":
-        return "lost contact with the other processes of the job (another rank failed or was killed: see its error)"
-    return None
-
-
-def _silent_peer() -> str:
-    """The rank this one waited for, where that is knowable (two ranks: the other one)."""
-    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
-    if world == "2" and rank in ("0", "1"):
-        return f"rank {1 - int(rank)}"
-    return "another rank" if world != "1" else "a peer"
-
-
-def _collective(error: BaseException) -> str:
-    """The torch.distributed operation that ``error`` came out of, e.g. ``all_reduce``."""
-    frames = traceback.extract_tb(error.__traceback__)
-    names = [frame.name for frame in frames if frame.filename.endswith("distributed_c10d.py")]
-    if names:
-        return names[0]
-    called = {frame.name for frame in frames}
-    if "backward" in called:
-        return "the gradient all-reduce"
-    return "DDP's broadcast of the model's buffers" if "_sync_buffers" in called else "a collective"
-
-
-def failure_line(error: Exception, timeout_s: float | None = None) -> str | None:
-    """The one line that reports ``error``: the user's input, the machine or another rank; None for a bug
-    (whose traceback is then shown). ``timeout_s``: the run's dist.timeout_s, where known."""
-    if isinstance(error, DistTrainError | Terminated):
-        return one_line(error)
-    if isinstance(error, OSError):  # full disk, permission denied, read-only file system, ...
-        return describe_os_error(error)
-    if isinstance(error, MemoryError):
-        return "out of memory in host RAM: lower data.batch_size or data.num_workers"
-    if isinstance(error, RuntimeError):
-        return resource_failure(error, timeout_s)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = None
@@ -325,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         line = failure_line(e, cfg.dist.timeout_s if cfg else None)
         if line is None:
             raise
-        return _fail(line)
+        return print_error(line)
     except KeyboardInterrupt:
-        print(f"{_rank_prefix()}dist-train: interrupted", file=sys.stderr)
+        print(f"{rank_prefix()}dist-train: interrupted", file=sys.stderr)
         return 130
 
 

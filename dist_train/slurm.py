@@ -23,11 +23,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dist_train import checkpoint
 from dist_train.config import Config
-from dist_train.data.loader import micro_batch_size
-from dist_train.distributed import restart_count
 from dist_train.errors import ClusterError, ConfigError, DataError
+from dist_train.failures import failure_line, print_error
 from dist_train.plugins import check_imports
 
 
@@ -140,12 +138,14 @@ def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Conf
     """Check a run can start on the allocation, before submitting it; paths made absolute so the
     job finds them whatever its working directory. ``check_data=False`` (a dry run, perhaps on a
     laptop that does not mount the cluster's storage) leaves ``data.root`` unchecked."""
+    from dist_train import checkpoint  # torch: not for the parser (dist-train --help)
+    from dist_train.data.loader import micro_batch_size
+
     micro_batch_size(cfg.data.batch_size, options.world_size, cfg.train.grad_accum_steps)
     if check_data and cfg.data.root and not cfg.data.download and not Path(cfg.data.root).exists():
         raise DataError(f"data.root not found: {cfg.data.root}")
-    run_dir = Path(cfg.out_dir) / cfg.name
     if cfg.resume == "never":
-        checkpoint.find_resume("never", run_dir / "checkpoints")
+        checkpoint.find_resume("never", cfg.run_dir / "checkpoints")
     elif cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume checkpoint not found: {cfg.resume}")
     check_imports({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset})
@@ -177,6 +177,8 @@ class TrainJob:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         import torch
 
+        from dist_train.distributed import restart_count
+
         # One rank per task: as many threads as the task has CPUs (torch is imported already, so
         # OMP_NUM_THREADS would come too late).
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
@@ -206,12 +208,10 @@ def _end_task(error: Exception, timeout_s: float) -> NoReturn:
     which ``submit --wait`` reports), instead of submitit's traceback in the job's log; a bug is raised as it is."""
     from submitit.core import utils
 
-    from dist_train.cli import _fail, failure_line
-
     line = failure_line(error, timeout_s)
     if line is None:
         raise error
-    _fail(line)
+    print_error(line)
     with utils.temporary_save_path(import_submitit().JobEnvironment().paths.result_pickle) as tmp:
         utils.cloudpickle_dump(("error", line), tmp)
     raise SystemExit(1)

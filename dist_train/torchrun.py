@@ -10,12 +10,13 @@ status (128 + the signal's number when a signal ended it, as a shell reports it)
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun_main
+
+from dist_train.failures import agent_stopped_line, workers_failed_line
 
 
 def exit_status(code: int) -> int:
@@ -23,25 +24,14 @@ def exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def failure_line(error: ChildFailedError) -> str:
-    """One line on the workers that failed: the first one, how, and how many in all."""
-    rank, first = error.get_first_failure()
-    killed = first.exitcode < 0
-    how = f"killed by {first.signal_name()}" if killed else f"exit status {first.exitcode}"
-    others = len(error.failures) - 1
-    rest = f"; {others} other worker(s) stopped with it" if others else ""
-    said = "" if killed else "; its error is above"
-    return f"torchrun: worker rank {rank} failed first ({how}, pid {first.pid}){rest}{said}"
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         torchrun_main(argv)
     except ChildFailedError as error:
-        print(failure_line(error), file=sys.stderr)
+        print(workers_failed_line(error), file=sys.stderr)
         return exit_status(error.get_first_failure()[1].exitcode)
     except SignalException as stopped:  # the workers got the signal too, and reported how they stopped
-        print(f"torchrun: stopped by {signal.Signals(stopped.sigval).name}", file=sys.stderr)
+        print(agent_stopped_line(stopped.sigval), file=sys.stderr)
         return exit_status(-int(stopped.sigval))
     return 0
 

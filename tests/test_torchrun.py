@@ -10,7 +10,8 @@ import pytest
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from dist_train import cli
-from dist_train.torchrun import exit_status, failure_line
+from dist_train.failures import workers_failed_line as failure_line
+from dist_train.torchrun import exit_status
 
 
 def failed(*codes: int) -> ChildFailedError:
