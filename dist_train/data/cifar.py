@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dist_train.data.arrays import ImageArrays, reason
+from dist_train.data.catalog import CATALOG
 from dist_train.errors import DataError
 
 
@@ -31,9 +32,11 @@ LAYOUTS = {
         tuple(f"data_batch_{i}" for i in range(1, 6)),
         "test_batch",
         b"labels",
-        10,
+        CATALOG["cifar10"].num_classes,
     ),
-    "cifar100": CifarLayout("cifar100", "cifar-100-python", ("train",), "test", b"fine_labels", 100),
+    "cifar100": CifarLayout(
+        "cifar100", "cifar-100-python", ("train",), "test", b"fine_labels", CATALOG["cifar100"].num_classes
+    ),
 }
 
 

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-from torch.utils.data import Dataset
-
 from dist_train.config import DataConfig
 from dist_train.data.arrays import ImageArrays, TensorImageDataset, Transform, split
+from dist_train.data.catalog import DATASETS
 from dist_train.data.cifar import LAYOUTS, load_cifar
 from dist_train.data.imagefolder import ImageFileDataset, load_imagefolder
 from dist_train.data.mnist import IDX_SETS, load_mnist
+from dist_train.data.plugin import factory_splits
+from dist_train.data.shards import load_shards
+from dist_train.data.splits import DatasetSplits, subset_indices
 from dist_train.data.synthetic import make_synthetic
-from dist_train.data.transforms import Recipe, build_transform, recipe_for, recipe_name
+from dist_train.data.transforms import build_transform, recipe_for, recipe_name
 from dist_train.data.views import ManyViews
 from dist_train.errors import ConfigError, DataError
 from dist_train.plugins import is_import_path
 
-DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "webdataset")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-@dataclass
-class DatasetSplits:
-    """Train and validation sets; items are (normalised float32 C×H×W tensor, int label)."""
-
-    train: Dataset
-    """Augmented when ``cfg.augment``."""
-    val: Dataset
-    """Never augmented."""
-    num_classes: int
-    in_channels: int
-    image_size: int
-    """Side of the (square) training input."""
-    class_names: tuple[str, ...] = ()
-    """Name of each label (shown in TensorBoard); empty: the label numbers."""
-    recipe: Recipe | None = None
-    """Augmentation and normalisation when not the data set's entry of ``RECIPES`` (a factory's data set)."""
-
-    def class_name(self, label: int) -> str:
-        return self.class_names[label] if label < len(self.class_names) else str(label)
 
 
 def _transforms(cfg: DataConfig, size: int, copies: int) -> tuple[Transform, Transform]:
@@ -49,15 +26,6 @@ def _transforms(cfg: DataConfig, size: int, copies: int) -> tuple[Transform, Tra
     name = recipe_name(cfg)
     train = build_transform(name, size, train=True, augment=cfg.augment, recipe=recipe)
     return (ManyViews(train, copies) if copies > 1 else train), build_transform(name, size, train=False)
-
-
-def subset_indices(length: int, size: int, seed: int) -> torch.Tensor:
-    """``size`` distinct indices of ``range(length)``, sorted, from a seeded permutation (all of them if 0)."""
-    if size < 0:
-        raise ConfigError(f"data.train_subset must be at least 0, got {size}")
-    if size == 0 or size >= length:
-        return torch.arange(length)
-    return torch.randperm(length, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
 def _from_arrays(
@@ -87,8 +55,6 @@ def _from_arrays(
 def build_datasets(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
     """Read (or generate) ``cfg.dataset`` and wrap it with its transforms (``copies`` training views)."""
     if is_import_path(cfg.dataset):
-        from dist_train.data.plugin import factory_splits
-
         return factory_splits(cfg, copies)
     if cfg.dataset not in DATASETS:
         raise ConfigError(f"unknown data.dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
@@ -125,8 +91,6 @@ def build_datasets(cfg: DataConfig, copies: int = 1) -> DatasetSplits:
 
 def _from_shards(cfg: DataConfig, copies: int) -> DatasetSplits:
     """The tar shards of ``dist-train shard`` in ``cfg.root`` (see :mod:`dist_train.data.shards`)."""
-    from dist_train.data.shards import load_shards
-
     train, val = load_shards(cfg.root, cfg.train_subset, cfg.split_seed)
     size = train.reader.image_size or cfg.image_size or 224
     train.transform, val.transform = _transforms(cfg, size, copies)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dist_train.data.arrays import ImageArrays, reason
+from dist_train.data.catalog import CATALOG
 from dist_train.errors import DataError
 
 IMAGES_MAGIC = 2051
@@ -47,7 +48,7 @@ FASHION_MNIST = IdxSet(
     "fashion_mnist",
     "FashionMNIST",
     ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    default_root="/usr/share/datasets/fashion-mnist",
+    default_root=CATALOG["fashion_mnist"].default_root,
     install_hint="apt-get install -y dataset-fashion-mnist",
     needs_both_pairs=True,
 )

@@ -31,8 +31,9 @@ from torch.utils.data import Dataset, Subset
 
 from dist_train.config import DataConfig
 from dist_train.data.arrays import ImageArrays, TensorImageDataset, Transform
-from dist_train.data.datasets import DatasetSplits, subset_indices
-from dist_train.data.transforms import Recipe, build_transform
+from dist_train.data.catalog import Recipe
+from dist_train.data.splits import DatasetSplits, subset_indices
+from dist_train.data.transforms import build_transform
 from dist_train.data.views import ManyViews
 from dist_train.errors import ConfigError
 from dist_train.plugins import GIVEN, call_factory, load_factory

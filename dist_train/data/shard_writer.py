@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dist_train.config import DataConfig
+from dist_train.config import DataConfig, load_config
 from dist_train.data.arrays import TensorImageDataset
+from dist_train.data.catalog import DATASETS
 from dist_train.data.datasets import build_datasets
 from dist_train.data.imagefolder import ImageFileDataset
 from dist_train.data.shards import MANIFEST
@@ -202,8 +203,6 @@ def parse_size(text: str) -> int:
 def source_config(source: str, overrides: list[str]) -> DataConfig:
     """The data config of ``source``: a built-in data set's name, or an ImageFolder directory; ``overrides``
     are config keys (``data.root=...``, ``data.val_fraction=0.1``)."""
-    from dist_train.config import DATASETS, load_config
-
     if source in DATASETS:
         first = [f"data.dataset={source}"]
     elif Path(source).expanduser().is_dir():

@@ -29,6 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from dist_train.data.arrays import Transform, reason
+from dist_train.data.catalog import CATALOG
+from dist_train.data.splits import subset_indices
 from dist_train.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -253,8 +255,6 @@ class ShardDataset(Dataset):
 def load_shards(root: str | Path, train_subset: int = 0, split_seed: int = 0) -> tuple[ShardDataset, ShardDataset]:
     """The train and val splits of the shard directory ``root`` (untransformed); ``train_subset`` picks
     training samples as ``data.train_subset`` does for every other data set."""
-    from dist_train.data.datasets import subset_indices
-
     manifest = read_manifest(root)
     classes, channels = manifest["classes"], manifest["channels"]
     train, val = (ShardReader(root, split, manifest) for split in ("train", "val"))
@@ -265,9 +265,8 @@ def load_shards(root: str | Path, train_subset: int = 0, split_seed: int = 0) ->
 def recipe_source(root: str | Path) -> str:
     """The data set whose augmentation and normalisation the shards of ``root`` take: their source's when it
     has its own, else ImageFolder's (encoded files) or the synthetic set's (arrays)."""
-    from dist_train.data.transforms import RECIPES
-
     manifest = read_manifest(root)
-    if manifest.get("source") in RECIPES:
-        return manifest["source"]
+    source = CATALOG.get(manifest.get("source"))
+    if source is not None and source.recipe is not None:
+        return source.name
     return "synthetic" if manifest.get("image_size") else "imagefolder"

@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dist_train.config import DataConfig
+from dist_train.data.catalog import CATALOG
 from dist_train.data.imagefolder import load_imagefolder
 from dist_train.data.mnist import IDX_SETS, PAIRS, locate
 from dist_train.errors import DataError
 from dist_train.plugins import is_import_path
 
-STANDARD_TRAIN_SIZES = {
-    "cifar10": (50_000, "CIFAR-10"),
-    "cifar100": (50_000, "CIFAR-100"),
-    "mnist": (60_000, "MNIST"),
-    "fashion_mnist": (60_000, "Fashion-MNIST"),
-}
+STANDARD_TRAIN_SIZES = {name: (info.train_size, info.title) for name, info in CATALOG.items() if info.train_size}
 """Training images of the published sets (CIFAR's pickles have no header to read them from), and their names."""
 
 

@@ -1,50 +1,24 @@
-"""torchvision.transforms.v2 pipelines on uint8 C×H×W tensors, from one table of per-dataset settings."""
+"""torchvision.transforms.v2 pipelines on uint8 C×H×W tensors, from each data set's :class:`Recipe` (see catalog.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torchvision.transforms import v2
 
 from dist_train.config import DataConfig
+from dist_train.data.catalog import CATALOG, Recipe
+from dist_train.data.shards import recipe_source
 from dist_train.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one dataset is augmented and normalised."""
-
-    crop: str
-    """Training crop: ``"pad"`` (RandomCrop with 4-pixel padding), ``"resized"``
-    (RandomResizedCrop) or ``"none"``."""
-    resize_eval: bool
-    """Evaluate on Resize(size·256/224) + CenterCrop(size) (images of varying size)."""
-    flip: bool
-    """Random horizontal flips in training."""
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pad: int = 4
-    """Padding of the pad-crop."""
-    cutout: int = 0
-    """Side of the cutout square (0 = none)."""
-
-
-RECIPES: dict[str, Recipe] = {
-    "cifar10": Recipe("pad", False, True, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": Recipe("pad", False, True, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "synthetic": Recipe("pad", False, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-    "mnist": Recipe("none", False, False, (0.1307,), (0.3081,)),
-    "fashion_mnist": Recipe("none", False, False, (0.2860,), (0.3530,)),
-    "imagefolder": Recipe("resized", True, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
+RECIPES: dict[str, Recipe] = {name: info.recipe for name, info in CATALOG.items() if info.recipe is not None}
+"""Each built-in data set's recipe (tar shards take their source's)."""
 
 
 def recipe_name(cfg: DataConfig) -> str:
     """The data set whose recipe ``cfg`` takes: its own, or for tar shards their source's."""
     if cfg.dataset == "webdataset":
-        from dist_train.data.shards import recipe_source
-
         return recipe_source(cfg.root)
     return cfg.dataset
 
