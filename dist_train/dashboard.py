@@ -1,4 +1,5 @@
-"""What TensorBoard shows first: the Overview cards, the custom-scalars layout and the labelled view grid.
+"""What a run shows: its one-line summary, and in TensorBoard the Overview cards, the custom-scalars layout,
+the hosts table and the labelled grid of the training views.
 
 TensorBoard's Time Series tab groups cards by the tag's first part, sorts the groups by name (upper
 case before lower case) and opens the first two. The four numbers one looks for first are therefore
@@ -10,10 +11,20 @@ four, then every rank's pace on one chart per measure, then the weights' diffusi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dist_train.config import Config
+    from dist_train.data.contract import TrainLoader
+    from dist_train.data.splits import DatasetSplits
+    from dist_train.distributed import DistContext
+    from dist_train.regime import Plan
 
 OVERVIEW = {
     "val/acc": "Overview/accuracy (val)",
@@ -62,3 +73,49 @@ def labelled_rows(grid: torch.Tensor, names: Sequence[str], scale: int = 3, marg
         middle = (row + 0.5) * row_height
         draw.text((width - margin, middle), name, fill="black", font=font, anchor="rm")
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
+
+
+def describe_run(
+    cfg: Config, ctx: DistContext, model: nn.Module, data: DatasetSplits, loader: TrainLoader, plan: Plan
+) -> str:
+    """The run's one-line summary: where, how many processes on which hosts, model, data, batch, epochs, lr."""
+    parameters = sum(p.numel() for p in model.parameters())
+    hosts = sorted(set(ctx.hosts))
+    on_hosts = f"{len(hosts)} hosts ({', '.join(hosts[:4])}{', ...' * (len(hosts) > 4)}) | " if len(hosts) > 1 else ""
+    return (
+        f"run {cfg.run_dir} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | "
+        f"{on_hosts}{cfg.model.name} ({parameters / 1e6:.2f}M params) | "
+        f"{len(data.train)} train / {len(data.val)} val | "
+        f"batch {cfg.data.batch_size} ({loader.order.micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
+        f"{plan.epochs} epochs × {loader.steps_per_epoch} steps | lr {plan.lr:.4g}"
+        + (f" | ghost BN {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "")
+    )
+
+
+def hosts_table(ctx: DistContext) -> str:
+    """The ranks of each host, as a Markdown table (TensorBoard's TEXT tab)."""
+    ranks: dict[str, list[int]] = {}
+    for rank, host in enumerate(ctx.hosts):
+        ranks.setdefault(host, []).append(rank)
+    rows = [f"| {host} | {', '.join(map(str, found))} |" for host, found in ranks.items()]
+    head = [f"{ctx.world_size} process(es) on {len(ranks)} host(s)", "", "| host | ranks |", "|---|---|"]
+    return "\n".join([*head, *rows])
+
+
+def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8) -> torch.Tensor:
+    """A picture of the training input: a row per sample, its ``copies`` augmented views side by side and
+    its class name on the left."""
+    from torchvision.utils import make_grid  # torchvision only for the picture, not for the layout tables
+
+    images, labels = next(iter(loader.epoch(0)))
+    images = images.float().cpu()
+    index = torch.arange(copies * min(samples, micro_batch)).view(-1, copies)  # sample-major positions
+    if layout == "copy_major":
+        sample, view = index // copies, index % copies
+        index = view * micro_batch + sample
+    picked = images[index.reshape(-1)]
+    low, high = picked.amin(dim=(1, 2, 3), keepdim=True), picked.amax(dim=(1, 2, 3), keepdim=True)
+    grid = make_grid((picked - low) / (high - low).clamp(min=1e-6), nrow=copies, padding=1)
+    names = getattr(loader.dataset, "classes", ())
+    rows = [int(labels[i]) for i in index[:, 0].tolist()]
+    return labelled_rows(grid, [names[r] if r < len(names) else str(r) for r in rows])

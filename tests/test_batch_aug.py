@@ -64,6 +64,7 @@ SOURCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("copies", [1, 4])
 @pytest.mark.parametrize("layout", ["copy_major", "sample_major"])
@@ -96,6 +97,7 @@ def test_backends_give_the_same_batches(source, copies, layout, jpeg_root, dali)
             assert same < len(pairs) * 8 / 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("across", [False, True])
 def test_fashion_mnist_in_both_backends(fashion_mnist, dali, across):
     """The real Fashion-MNIST files (a 250-image subset) through the torch and the DALI loader: same samples."""
@@ -112,12 +114,14 @@ def test_fashion_mnist_in_both_backends(fashion_mnist, dali, across):
             torch.testing.assert_close(torch_images, dali_images, atol=1e-5, rtol=0)  # no augmentation
 
 
+@pytest.mark.slow
 def test_epochs_are_reshuffled(dali):
     for loader in loaders(SOURCES["synthetic"], 1).values():
         first, second = (torch.cat([labels for _, labels in loader.epoch(e)]) for e in (0, 1))
         assert not torch.equal(first, second) and sorted(first.tolist()) == sorted(second.tolist())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "length, micro_batch, expected_missing, expected_duplicates",
     [(128, 16, 0, 0), (100, 16, 4, 0), (101, 17, 0, 1)],
@@ -141,6 +145,7 @@ def test_two_processes_shard_the_epoch(tmp_path, length, micro_batch, expected_m
     assert ranks[0]["torch"] == ranks[0]["dali"]  # the same order from both backends
 
 
+@pytest.mark.slow
 def test_missing_dali_is_one_clear_line(tmp_path):
     code = (
         "import sys; sys.modules['nvidia.dali'] = None; from dist_train.cli import main; "
@@ -155,6 +160,7 @@ def test_missing_dali_is_one_clear_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_dali_batch_augmentation_learns_with_two_processes(tmp_path, dali):
     args = [
         "train",
@@ -177,6 +183,7 @@ def test_dali_batch_augmentation_learns_with_two_processes(tmp_path, dali):
     assert grid.height == 3 * (8 * 33 + 1) and grid.width > 3 * (4 * 33 + 1)
 
 
+@pytest.mark.slow
 def test_dali_pad_crop_offsets_are_whole_pixels_in_range(dali):
     """The DALI pad-crop shifts by -pad..pad pixels, each equally often, like torchvision's RandomCrop."""
     import numpy as np
@@ -197,6 +204,7 @@ def test_dali_pad_crop_offsets_are_whole_pixels_in_range(dali):
     assert counts.min() > 0.5 * counts.mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_cutout_zeroes_one_clipped_square_per_view(backend, dali):
     """A white image: after normalisation only the cutout square is 0 in every channel."""

@@ -60,6 +60,7 @@ def test_too_small_a_dataset_is_an_error():
         BatchOrder(30, 16, 1, rank=0, world_size=2, seed=0, across_epochs=True)
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_stream_with_both_backends(tmp_path, dali):
     """2 ranks, 100 samples, global batch 32: rank r takes every other sample of each global batch; put
     back together, the batches are the stream itself (so nothing is dropped), the same for torch and DALI."""
@@ -78,6 +79,7 @@ def test_two_processes_share_the_stream_with_both_backends(tmp_path, dali):
     assert merged == stream(100, 0, 6 * 32)
 
 
+@pytest.mark.slow
 def test_adapted_run_stops_at_the_reference_updates(tmp_path):
     """500 images, reference batch 16 for 1 epoch (31 updates), run batch 32 adapted: 31 updates in
     16 + 15 steps (a partial second epoch), every sample used in the first pass."""

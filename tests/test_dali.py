@@ -18,6 +18,8 @@ from dist_train.data.dali_pipelines import resized_crops
 from dist_train.data.loader import LoaderOptions, batch_seed, build_eval_loader
 from dist_train.data.transforms import recipe_for
 
+pytestmark = pytest.mark.slow
+
 IMAGENET_STD = 0.224  # the smallest of the ImageFolder recipe's stds
 ONE_LEVEL = 1.01 / 255 / IMAGENET_STD  # one uint8 level after normalisation: resamplers may round differently
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY, assert_cutout_squares, assert_ok, run_cli
 
-from dist_train.assemble import build_training_loader, resolve_data_backend, training_copies
 from dist_train.config import load_config
 from dist_train.data import build_datasets
 from dist_train.data.arrays import ImageArrays, TensorImageDataset
+from dist_train.data.build import build_training_loader, resolve_data_backend, training_copies
 from dist_train.data.loader import LoaderOptions, build_train_loader
 from dist_train.data.tensor_loader import TensorTrainLoader
 from dist_train.data.transforms import build_transform, recipe_for
@@ -194,6 +194,7 @@ def test_assemble_and_swap_bn_recompute_use_it():
         torch.testing.assert_close(images, want_images, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_training_run_with_the_tensor_backend(tmp_path):
     """A real (1-process, CPU) run with data.backend=tensor and M = 2 learns and validates."""
     args = ["train", *TINY, "train.epochs=4", "schedule.milestones=[3]", "data.backend=tensor", "augment.copies=2"]
@@ -220,6 +221,7 @@ def test_auto_backend_is_the_tensor_loader_for_in_memory_sets_on_a_gpu(overrides
     assert cfg.data.backend == backend
 
 
+@pytest.mark.slow
 def test_a_run_records_the_backend_auto_chose(tmp_path):
     """The default (auto) on this CPU trains with the torch DataLoader, and config.yaml says so."""
     assert load_config(None, []).data.backend == "auto"

@@ -33,12 +33,13 @@ from torch.utils.data import Dataset
 
 from dist_train.data import dali_pipelines
 from dist_train.data.arrays import TensorImageDataset
+from dist_train.data.catalog import Recipe
+from dist_train.data.contract import EvalLoader, LoaderInputs, TrainLoader
 from dist_train.data.dali_pipelines import Graph
 from dist_train.data.imagefolder import ImageFileDataset, load_image
-from dist_train.data.loader import EpochSteps, LoaderOptions, batch_seed
+from dist_train.data.loader import EpochSteps, EvalOptions, LoaderOptions, batch_seed
 from dist_train.data.plugin import MapImageDataset
 from dist_train.data.shards import ShardDataset, decode
-from dist_train.data.transforms import Recipe
 from dist_train.errors import ConfigError
 
 INSTALL_HINT = "data.backend=dali needs NVIDIA DALI, which is not installed: pip install -e '.[dali]'"
@@ -234,7 +235,7 @@ class _Runner:
 
 @dataclass
 class DaliTrainLoader(EpochSteps):
-    """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e, start)`` yields the
+    """A :class:`~dist_train.data.contract.TrainLoader`: ``epoch(e, start)`` yields the
     micro-batches (``options.copies`` views of each sample, laid out as ``options.view_layout``).
 
     ``decode_per_view`` (JPEGs with random-resized crops): decode each view from its own window (None: only
@@ -249,7 +250,7 @@ class DaliTrainLoader(EpochSteps):
     def __post_init__(self) -> None:
         import_dali()
         self.source = _Source(self.dataset)
-        self.order = self.options.batch_order(len(self.dataset))  # type: ignore[arg-type]
+        self.order = self.options.batch_order(len(self.source))
         copies = self.options.copies
         fused = copies == 1 if self.decode_per_view is None else self.decode_per_view
         graph = Graph(self.recipe, self.image_size, copies, self.source.encoded, fused, self.source.channels)
@@ -273,8 +274,9 @@ class DaliTrainLoader(EpochSteps):
 
 
 class DaliEvalLoader:
-    """The validation set through one DALI pipeline: the torch evaluation transform's images (no
-    randomness), sharded ``rank::world_size`` and batched as :func:`~dist_train.data.loader.build_eval_loader`."""
+    """An :class:`~dist_train.data.contract.EvalLoader`: the validation set through one DALI pipeline, the torch
+    evaluation transform's images (no randomness), sharded ``rank::world_size`` and batched as
+    :func:`~dist_train.data.loader.build_eval_loader`."""
 
     def __init__(
         self,
@@ -307,3 +309,23 @@ class DaliEvalLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.runner.run(self._feeds())
+
+
+def train_loader_for(inputs: LoaderInputs, options: LoaderOptions) -> TrainLoader:
+    """``data.backend: dali``'s training loader (its row in :data:`~dist_train.data.backends.BACKENDS`)."""
+    return DaliTrainLoader(inputs.data.train, inputs.recipe(), inputs.data.image_size, options)
+
+
+def eval_loader_for(inputs: LoaderInputs, options: EvalOptions) -> EvalLoader:
+    """``data.backend: dali``'s validation loader."""
+    data = inputs.data
+    return DaliEvalLoader(
+        data.val,
+        inputs.recipe(),
+        data.image_size,
+        options.batch_size,
+        options.rank,
+        options.world_size,
+        options.workers,
+        options.device_id,
+    )

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dist_train.data.transforms import Recipe
+from dist_train.data.catalog import Recipe
 
 PARAMS = 7
 """Per view: crop window y0, x0, y1, x1 (source pixels), flip (0/1), cutout square's top-left y, x."""

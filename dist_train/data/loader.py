@@ -1,4 +1,4 @@
-"""Data-parallel loaders for the torch backend, and the sample order both backends follow.
+"""Data-parallel loaders for the torch backend, and the sample order and options every backend follows.
 
 Training draws its micro-batches from :class:`BatchOrder`: per epoch, the
 DistributedSampler order (padded so every rank takes the same number of steps,
@@ -8,23 +8,26 @@ boundaries so that no sample is dropped (``data.cross_epoch_batches``).
 Evaluation shards the validation set without padding so that summed metrics
 count every image once.
 
-Both backends take a :class:`LoaderOptions` and can start an epoch at any micro-batch
-(``epoch(e, start=k)``) without loading the ones before it, which is how a run resumes
-from a mid-epoch checkpoint. That stays exact because a batch's augmentation never depends
-on the batches before it in a way a checkpoint cannot restore: in the main process the random
-stream is the process's own (the checkpoint keeps it); in DataLoader workers every batch
-draws from its own seed (:func:`batch_seed`), and so do DALI's per-batch random parameters.
+Every backend's training loader takes a :class:`LoaderOptions` and can start an epoch at any
+micro-batch (``epoch(e, start=k)``, see :class:`~dist_train.data.contract.TrainLoader`) without
+loading the ones before it, which is how a run resumes from a mid-epoch checkpoint. That stays exact
+because a batch's augmentation never depends on the batches before it in a way a checkpoint cannot
+restore: in the main process the random stream is the process's own (the checkpoint keeps it); in
+DataLoader workers every batch draws from its own seed (:func:`batch_seed`), and so do DALI's and the
+tensor backend's per-batch random parameters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
+from dist_train.data.contract import EvalLoader, LoaderInputs, TrainLoader
 from dist_train.data.views import arrange_views
 from dist_train.errors import ConfigError
 
@@ -54,7 +57,7 @@ def batch_seed(seed: int, epoch: int, rank: int, position: int) -> int:
 
 @dataclass(frozen=True)
 class LoaderOptions:
-    """How a training loader serves one rank: the same options for the torch and the DALI backend."""
+    """How a training loader serves one rank: the same options for every backend."""
 
     micro_batch: int
     """Distinct samples per micro-batch on this rank."""
@@ -70,7 +73,7 @@ class LoaderOptions:
     across_epochs: bool = False
     """Batches straddle epoch boundaries (:class:`BatchOrder`)."""
     copies: int = 1
-    """DALI: views made per sample (the torch backend's dataset makes its own views)."""
+    """DALI and tensor: views made per sample (the torch backend's dataset makes its own views)."""
     device_id: int | None = None
     """DALI: the GPU that runs the pipelines; None: CPU operators."""
 
@@ -78,6 +81,29 @@ class LoaderOptions:
         return BatchOrder(
             length, self.micro_batch, self.grad_accum_steps, self.rank, self.world_size, self.seed, self.across_epochs
         )
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a validation loader serves one rank: an unpadded shard ``rank::world_size``, in batches."""
+
+    batch_size: int
+    """The global evaluation batch: each rank's batches hold ``ceil(batch_size / world_size)`` images."""
+    rank: int = 0
+    world_size: int = 1
+    workers: int = 0
+    """torch: DataLoader worker processes; DALI: pipeline threads (at least 1)."""
+    pin_memory: bool = False
+    device_id: int | None = None
+    """DALI: the GPU that runs the pipeline; None: CPU operators."""
+
+
+def step_batches(loader: TrainLoader, epoch: int, accum: int, done: int = 0) -> Iterator[list[Any]]:
+    """``loader``'s micro-batches of ``epoch``, a step's worth (``accum``) at a time, after the first ``done``
+    steps (which are skipped without being loaded)."""
+    batches = loader.epoch(epoch, start=done * accum)
+    while group := list(islice(batches, accum)):
+        yield group
 
 
 def micro_batch_size(batch_size: int, world_size: int, grad_accum_steps: int) -> int:
@@ -225,7 +251,7 @@ class _SeededBatches(Dataset):
 
 
 class EpochSteps:
-    """Steps per epoch from a loader's :class:`BatchOrder` (``self.order``): shared by every training loader."""
+    """Steps per epoch from a loader's :class:`BatchOrder` (``self.order``): shared by the training loaders."""
 
     order: BatchOrder
 
@@ -238,8 +264,8 @@ class EpochSteps:
 
 
 @dataclass
-class TrainLoader(EpochSteps):
-    """The training DataLoader plus what the loop needs to know about it."""
+class TorchTrainLoader(EpochSteps):
+    """The torch backend's :class:`~dist_train.data.contract.TrainLoader`: a DataLoader over its batch order."""
 
     loader: DataLoader
     order: BatchOrder
@@ -263,7 +289,7 @@ class TrainLoader(EpochSteps):
             yield images, labels
 
 
-def build_train_loader(dataset: Dataset, options: LoaderOptions) -> TrainLoader:
+def build_train_loader(dataset: Dataset, options: LoaderOptions) -> TorchTrainLoader:
     """The torch backend's training loader of ``dataset`` (which makes its own views, if any)."""
     order = options.batch_order(len(dataset))  # type: ignore[arg-type]
     loader = DataLoader(
@@ -273,12 +299,14 @@ def build_train_loader(dataset: Dataset, options: LoaderOptions) -> TrainLoader:
         pin_memory=options.pin_memory,
         persistent_workers=False,
     )
-    return TrainLoader(loader, order, dataset, options.view_layout)
+    return TorchTrainLoader(loader, order, dataset, options.view_layout)
 
 
 def build_eval_loader(
     dataset: Dataset, batch_size: int, rank: int, world_size: int, num_workers: int, pin_memory: bool
 ) -> DataLoader:
+    """The torch backend's validation loader: ``dataset``'s shard ``rank::world_size``, unpadded, in batches of
+    ``ceil(batch_size / world_size)``."""
     per_rank = max(1, -(-batch_size // world_size))
     return DataLoader(
         dataset,
@@ -286,4 +314,16 @@ def build_eval_loader(
         sampler=ShardSampler(len(dataset), rank, world_size),
         num_workers=num_workers,
         pin_memory=pin_memory,
+    )
+
+
+def train_loader_for(inputs: LoaderInputs, options: LoaderOptions) -> TrainLoader:
+    """``data.backend: torch``'s training loader (its row in :data:`~dist_train.data.backends.BACKENDS`)."""
+    return build_train_loader(inputs.data.train, options)
+
+
+def eval_loader_for(inputs: LoaderInputs, options: EvalOptions) -> EvalLoader:
+    """The torch DataLoader's validation loader (the torch and the tensor backend's)."""
+    return build_eval_loader(
+        inputs.data.val, options.batch_size, options.rank, options.world_size, options.workers, options.pin_memory
     )

@@ -21,19 +21,29 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from dist_train.data.arrays import TensorImageDataset
+from dist_train.data.backends import BACKENDS
+from dist_train.data.catalog import IN_MEMORY, Recipe
+from dist_train.data.contract import LoaderInputs, TrainLoader
 from dist_train.data.loader import BatchOrder, EpochSteps, LoaderOptions, batch_seed
-from dist_train.data.transforms import Recipe
 from dist_train.errors import ConfigError
 
-IN_MEMORY = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist")
-"""Data sets the tensor backend can hold (``imagefolder`` is read from files)."""
+CROPS = BACKENDS["tensor"].crops
+"""The training crops it does."""
+
+
+def held(dataset: Dataset) -> TensorImageDataset:
+    """``dataset`` if the tensor backend can hold it (an in-memory data set), else a one-line ConfigError."""
+    if not isinstance(dataset, TensorImageDataset):
+        raise ConfigError(f"data.backend=tensor needs an in-memory data set ({', '.join(IN_MEMORY)})")
+    return dataset
 
 
 @dataclass
 class TensorTrainLoader(EpochSteps):
-    """Same contract as :class:`~dist_train.data.loader.TrainLoader`: ``epoch(e, start)`` yields the micro-batches,
+    """A :class:`~dist_train.data.contract.TrainLoader`: ``epoch(e, start)`` yields the micro-batches,
     (B·M, C, H, W) float32 images and (B·M,) int64 labels, on ``device``."""
 
     dataset: TensorImageDataset
@@ -43,10 +53,9 @@ class TensorTrainLoader(EpochSteps):
     """Where the split lives and batches are made; None: ``cuda:{options.device_id}``, or the CPU without one."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dataset, TensorImageDataset):
-            raise ConfigError(f"data.backend=tensor needs an in-memory data set ({', '.join(IN_MEMORY)})")
-        if self.recipe.crop not in ("pad", "none"):
-            raise ConfigError(f"data.backend=tensor does not do data.crop={self.recipe.crop}; use pad or none")
+        held(self.dataset)  # a data set given directly is checked too
+        if self.recipe.crop not in CROPS:
+            raise ConfigError(f"data.backend=tensor does not do data.crop={self.recipe.crop}; use {' or '.join(CROPS)}")
         if self.device is None:
             cuda = self.options.device_id is not None
             self.device = torch.device("cuda", self.options.device_id) if cuda else torch.device("cpu")
@@ -119,3 +128,9 @@ class TensorTrainLoader(EpochSteps):
         in_rows = (rows >= top) & (rows < top + side)
         in_cols = (cols >= left) & (cols < left + side)
         return images.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
+
+
+def train_loader_for(inputs: LoaderInputs, options: LoaderOptions) -> TrainLoader:
+    """``data.backend: tensor``'s training loader (its row in :data:`~dist_train.data.backends.BACKENDS`)."""
+    recipe = inputs.recipe()
+    return TensorTrainLoader(held(inputs.data.train), recipe, options, inputs.device)
