@@ -6,13 +6,16 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from torch import nn
 
 from dist_train.config import Config
-from dist_train.regime import Plan
+
+if TYPE_CHECKING:  # torch and the data stack load when a run is trained or planned, not on import
+    from torch import nn
+
+    from dist_train.regime import Plan
 
 
 def train(config: Config, model: nn.Module | Any = None, dataset: Any = None) -> dict[str, Any]:

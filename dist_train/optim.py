@@ -1,15 +1,15 @@
-"""Optimizers and per-step learning-rate schedules."""
+"""Optimizers, and the scheduler that drives their lr by a :class:`~dist_train.schedules.Schedule`."""
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from dist_train.config import OptimConfig, ScheduleConfig
+from dist_train.config import OptimConfig
+from dist_train.schedules import Schedule
+
+__all__ = ["Schedule", "build_optimizer", "build_scheduler", "parameter_groups"]
 
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -38,48 +38,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The lr multiplier as a pure function of the optimizer step."""
-
-    name: str
-    total_steps: int
-    warmup_steps: int
-    milestone_steps: tuple[int, ...]
-    gamma: float
-    warmup_start_factor: float
-    min_lr_factor: float
-    factors: tuple[float, ...] = ()
-
-    @classmethod
-    def from_config(cls, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> Schedule:
-        warmup = cfg.warmup_steps or round(cfg.warmup_epochs * steps_per_epoch)
-        return cls(
-            name=cfg.name,
-            total_steps=steps_per_epoch * epochs,
-            warmup_steps=warmup,
-            milestone_steps=tuple(round(m * steps_per_epoch) for m in cfg.milestones),
-            gamma=cfg.gamma,
-            warmup_start_factor=cfg.warmup_start_factor,
-            min_lr_factor=cfg.min_lr_factor,
-            factors=tuple(cfg.factors),
-        )
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.warmup_start_factor + (1 - self.warmup_start_factor) * step / self.warmup_steps
-        if self.name == "step":
-            passed = sum(step >= m for m in self.milestone_steps)
-            if self.factors:
-                return self.factors[passed - 1] if passed else 1.0
-            return self.gamma**passed
-        if self.name == "cosine":
-            span = max(1, self.total_steps - self.warmup_steps)
-            progress = min(1.0, (step - self.warmup_steps) / span)
-            return self.min_lr_factor + (1 - self.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> LambdaLR:

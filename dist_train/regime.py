@@ -45,7 +45,7 @@ Code
     from the reference's lr to the planned lr over that many *reference* epochs,
     converted to this run's steps like the milestones; it replaces the recipe's own
     warm-up. :meth:`Plan.schedule` turns the plan into the per-step
-    :class:`~dist_train.optim.Schedule` the trainer uses; ``dist-train plan`` prints it.
+    :class:`~dist_train.schedules.Schedule` the trainer uses; ``dist-train plan`` prints it.
 
 Switches (``regime.*`` in the config)
     ``reference_batch_size`` (0 = no reference: the config's values are used as given
@@ -60,13 +60,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from dist_train.config import Config, ScheduleConfig
+from dist_train.config import Config, ScheduleConfig, check_plan_inputs, check_reference
 from dist_train.data.loader import steps_per_epoch as epoch_steps
 from dist_train.errors import ConfigError
-from dist_train.optim import Schedule
-
-LR_RULES = ("none", "linear", "sqrt", "per_sample")
-_NEEDS_REFERENCE = ("linear", "sqrt")
+from dist_train.lr_rules import LR_RULES
+from dist_train.schedules import Schedule, milestone_steps, warmup_length
 
 
 @dataclass(frozen=True)
@@ -83,10 +81,6 @@ class Recipe:
     warmup_epochs: float
     warmup_steps: int
     """Warm-up in updates (takes precedence over ``warmup_epochs``)."""
-
-
-def _warmup_steps(warmup_steps: int, warmup_epochs: float, steps_per_epoch: int) -> int:
-    return warmup_steps if warmup_steps > 0 else round(warmup_epochs * steps_per_epoch)
 
 
 @dataclass(frozen=True)
@@ -144,21 +138,9 @@ class Plan:
 
     def schedule(self, cfg: ScheduleConfig) -> Schedule:
         """The per-step lr schedule of this plan; shape parameters (name, gamma, ...) come from ``cfg``."""
-        start = cfg.warmup_start_factor if self.warmup_start_factor is None else self.warmup_start_factor
-        return Schedule(
-            name=cfg.name,
-            total_steps=self.total_steps,
-            warmup_steps=self.warmup_total_steps,
-            milestone_steps=self.milestone_steps,
-            gamma=cfg.gamma,
-            warmup_start_factor=start,
-            min_lr_factor=cfg.min_lr_factor,
-            factors=tuple(cfg.factors),
+        return Schedule.shaped(
+            cfg, self.total_steps, self.warmup_total_steps, self.milestone_steps, self.warmup_start_factor
         )
-
-
-def _no_reference_error(what: str) -> ConfigError:
-    return ConfigError(f"{what} needs a reference recipe: set regime.reference_batch_size (it is 0)")
 
 
 def make_plan(
@@ -179,24 +161,9 @@ def make_plan(
     ``steps_per_epoch``: the loader's own count when known (several processes pad each epoch);
     ``cross_epoch_batches`` None means ``adapt``; ``warmup_epochs`` is the gradual warm-up.
     """
-    if lr_rule not in LR_RULES:
-        raise ConfigError(f"regime.lr_rule must be one of {', '.join(LR_RULES)}, got '{lr_rule}'")
-    if batch_size < 1:
-        raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
-    if reference.batch_size < 0:
-        raise ConfigError(f"regime.reference_batch_size must be positive (or 0 for none), got {reference.batch_size}")
+    check_plan_inputs(lr_rule, batch_size, reference.batch_size, adapt, reference.lr, reference.epochs, warmup_epochs)
     if reference.batch_size == 0:
-        if lr_rule in _NEEDS_REFERENCE:
-            raise _no_reference_error(f"regime.lr_rule={lr_rule}")
-        if adapt:
-            raise _no_reference_error("regime.adapt=true")
         reference = replace(reference, batch_size=batch_size)
-    if reference.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {reference.lr}")
-    if reference.epochs < 1:
-        raise ConfigError(f"train.epochs must be at least 1, got {reference.epochs}")
-    if warmup_epochs < 0:
-        raise ConfigError(f"regime.warmup_epochs must be at least 0, got {warmup_epochs}")
     if train_size < batch_size:
         raise ConfigError(f"the training set has {train_size} samples, fewer than data.batch_size={batch_size}")
     if train_size < reference.batch_size:
@@ -207,38 +174,31 @@ def make_plan(
         raise ConfigError(f"steps per epoch must be at least 1, got {steps_per_epoch}")
 
     ratio = batch_size / reference.batch_size
-    if lr_rule == "linear":
-        lr = reference.lr * ratio
-    elif lr_rule == "sqrt":
-        lr = reference.lr * math.sqrt(ratio)
-    elif lr_rule == "per_sample":
-        lr = batch_size * reference.lr
-    else:
-        lr = reference.lr
+    lr = LR_RULES[lr_rule].planned_lr(reference.lr, ratio, batch_size)
 
     across = adapt if cross_epoch_batches is None else cross_epoch_batches
     spe = epoch_steps(train_size, batch_size, across) if steps_per_epoch is None else steps_per_epoch
     ref_spe = train_size // reference.batch_size
     ref_total = reference.epochs * ref_spe
-    ref_milestone_steps = tuple(round(m * ref_spe) for m in reference.milestones)
-    ref_warmup = _warmup_steps(reference.warmup_steps, reference.warmup_epochs, ref_spe)
+    ref_milestone_steps = milestone_steps(reference.milestones, ref_spe)
+    ref_warmup = warmup_length(reference.warmup_steps, reference.warmup_epochs, ref_spe)
     # The gradual warm-up replaces the recipe's own; both count reference epochs (or steps).
     warm_epochs, warm_steps = reference.warmup_epochs, reference.warmup_steps
     if warmup_epochs > 0:
         warm_epochs, warm_steps = warmup_epochs, 0
     if adapt:  # in updates: the reference's, whatever the epoch length
         total = ref_total
-        milestone_steps = ref_milestone_steps
-        warmup_total = _warmup_steps(warm_steps, warm_epochs, ref_spe)
+        steps = ref_milestone_steps
+        warmup_total = warmup_length(warm_steps, warm_epochs, ref_spe)
         epochs = -(-total // spe)
-        milestones = tuple(step / spe for step in milestone_steps)
+        milestones = tuple(step / spe for step in steps)
         warm_epochs = warmup_total / spe
     else:  # in epochs: the reference's epochs at this run's epoch length
         epochs = reference.epochs
         total = epochs * spe
         milestones = tuple(reference.milestones)
-        milestone_steps = tuple(round(m * spe) for m in milestones)
-        warmup_total = _warmup_steps(warm_steps, warm_epochs, spe)
+        steps = milestone_steps(milestones, spe)
+        warmup_total = warmup_length(warm_steps, warm_epochs, spe)
     return Plan(
         batch_size=batch_size,
         reference=reference,
@@ -249,7 +209,7 @@ def make_plan(
         lr=lr,
         epochs=epochs,
         milestones=milestones,
-        milestone_steps=milestone_steps,
+        milestone_steps=steps,
         warmup_epochs=warm_epochs,
         warmup_steps=warm_steps,
         warmup_total_steps=warmup_total,
@@ -271,11 +231,8 @@ def make_plan(
 def plan_from_config(cfg: Config, train_size: int, steps_per_epoch: int | None = None) -> Plan:
     """The plan of a config: ``optim``/``schedule``/``train.epochs`` describe the reference recipe."""
     regime = cfg.regime
-    if regime.reference_batch_size == 0:
-        if regime.lr_rule in _NEEDS_REFERENCE:
-            raise _no_reference_error(f"regime.lr_rule={regime.lr_rule}")
-        if regime.adapt:
-            raise _no_reference_error("regime.adapt=true")
+    # A config's 0 means "no reference": the recipe below takes this run's batch instead, so check it first.
+    check_reference(regime.reference_batch_size, regime.lr_rule, regime.adapt)
     reference = Recipe(
         batch_size=regime.reference_batch_size or cfg.data.batch_size,
         lr=cfg.optim.lr,

@@ -19,15 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import flatten, read_text
+from dist_train.config import flatten
+from dist_train.data.catalog import CATALOG
 from dist_train.errors import DistTrainError
+from dist_train.yamlio import read_text
 
 SUMMARY = "summary.json"
 MAX_SUMMARY_BYTES = 16 << 20
 """The largest summary.json read (a real one is a few kB)."""
 COLLAPSE_FACTOR = 1.5
 """A finite run whose validation accuracy is at most this many times chance (1 / classes) has collapsed."""
-FIXED_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+FIXED_CLASSES = {name: info.num_classes for name, info in CATALOG.items() if info.num_classes}
+"""The published class counts of the built-in data sets."""
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import Config, flatten, read_yaml_mapping, to_dict
+from dist_train.config import Config, flatten, to_dict
 from dist_train.errors import CheckpointError, DistTrainError
 from dist_train.jsonio import write_json
+from dist_train.yamlio import read_yaml_mapping
 
 LOCK = ".lock"
 HEARTBEAT_S = 30.0

@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
-from dist_train.config import Config, check_name, load_config, read_yaml_mapping
+from dist_train.config import Config, check_name, load_config
 from dist_train.distributed import local_torchrun
 from dist_train.errors import ConfigError
+from dist_train.yamlio import read_yaml_mapping
 
 SWEEP_KEYS = ("name", "config", "overrides", "grid")
 
@@ -147,7 +148,7 @@ def describe(sweep: Sweep) -> str:
 
 
 def is_done(run: SweepRun) -> bool:
-    return (Path(run.config.out_dir) / run.config.name / "summary.json").is_file()
+    return (run.config.run_dir / "summary.json").is_file()
 
 
 def run_locally(sweep: Sweep, nproc_per_node: int = 1) -> int:

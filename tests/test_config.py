@@ -63,6 +63,7 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(write(tmp_path, "optim: [unclosed\n"))
 
 
+@pytest.mark.slow
 def test_every_shipped_config_loads_and_round_trips(tmp_path):
     configs = sorted((REPO / "configs").glob("*.yaml"))
     assert configs

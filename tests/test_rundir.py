@@ -72,6 +72,7 @@ def test_config_changes_ignore_what_does_not_change_training() -> None:
     assert config_changes(base, changed) == ["seed: 0 → 3", "optim.lr: 0.1 → 0.2"]
 
 
+@pytest.mark.slow
 def test_unlock_clears_only_a_stale_lock(tmp_path: Path) -> None:
     """``dist-train unlock``: a dead holder's lock goes; a live holder's stays, with one line naming it."""
     from conftest import run_cli

@@ -61,6 +61,7 @@ def test_sweep_file_that_is_not_a_mapping(tmp_path: Path) -> None:
         load_sweep(path)
 
 
+@pytest.mark.slow
 def test_local_sweep_then_report(tmp_path: Path) -> None:
     """Four runs one after another, a rerun that skips them, and the report's table, CSV and heatmap."""
     path = write_sweep(tmp_path, {"data.batch_size": [16, 64], "optim.lr": [0.02, 0.1]}, overrides={"train.epochs": 1})
@@ -93,6 +94,7 @@ def test_local_sweep_then_report(tmp_path: Path) -> None:
         assert image.size[0] > 300 and image.size[1] > 200
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_and_shows_in_the_report(tmp_path: Path) -> None:
     args = ["train", "--config", "configs/quickstart.yaml", *TINY, f"out_dir={tmp_path}", "train.epochs=3"]
     assert_ok(run_cli([*args, "name=ok"]))
@@ -108,6 +110,7 @@ def test_divergence_stops_the_run_and_shows_in_the_report(tmp_path: Path) -> Non
     assert "(div.)" in written["markdown"].read_text() and "heatmap" not in written
 
 
+@pytest.mark.slow
 def test_report_errors(tmp_path: Path) -> None:
     with pytest.raises(DistTrainError, match=r"no summary\.json under"):
         write_report([tmp_path])
@@ -120,6 +123,7 @@ def test_report_errors(tmp_path: Path) -> None:
         write_report([tmp_path])
 
 
+@pytest.mark.slow
 def test_local_sweep_under_torchrun(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"seed": [0]})
     assert_ok(run_cli(["sweep", str(path), "--nproc-per-node", "2", "train.epochs=1"]))

@@ -1,4 +1,4 @@
-"""The config reference, generated from the schema itself (dist_train/config.py), so it cannot drift.
+"""The config reference, generated from the schema itself (dist_train/config/schema.py), so it cannot drift.
 
 Every key of :class:`dist_train.config.Config` with its type, default, valid values (the ``Literal``
 choices, or the range its field metadata declares through ``bounded``/``limits``) and the attribute
@@ -13,12 +13,11 @@ import ast
 import dataclasses
 import inspect
 import re
+import sys
 import typing
-from pathlib import Path
 from typing import Any
 
 MARKER = "<!-- config-reference -->"
-SOURCE = Path(__file__).resolve().parents[2] / "dist_train" / "config.py"
 
 
 @dataclasses.dataclass
@@ -82,11 +81,12 @@ def valid_values(annotation: str, f: dataclasses.Field, hint: Any) -> str:
 
 def sections(schema: type | None = None, prefix: str = "") -> list[tuple[str, str, list[Key]]]:
     """(dotted section, its docstring, its keys), the top-level keys first, then each nested dataclass."""
-    from dist_train import config
+    from dist_train.config import Config
 
-    schema = schema or config.Config
-    docs = attribute_docs(SOURCE.read_text(encoding="utf-8"))
-    hints = typing.get_type_hints(schema, vars(config), include_extras=True)
+    schema = schema or Config
+    module = sys.modules[schema.__module__]
+    docs = attribute_docs(inspect.getsource(module))
+    hints = typing.get_type_hints(schema, vars(module), include_extras=True)
     class_doc, members = docs[schema.__name__]
     keys, nested = [], []
     for f in dataclasses.fields(schema):

@@ -1,82 +1,24 @@
-"""One typed schema for every run: defaults < YAML file < dotted command-line overrides.
+"""The schema of a run: a tree of dataclasses, every key typed, documented and (numbers) bounded.
 
-The schema is a tree of dataclasses; OmegaConf does the merging and the type
-checks, this module turns its errors into one-line messages that name the key
-and, for a misspelt key, the closest valid one.
+The docstring under each field is its documentation (the generated config reference reads it); a numeric
+field declares its valid range with :func:`~dist_train.config.ranges.bounded`. The data sets, loader
+backends, lr rules and schedules a key may name come from their tables.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_type_hints
 
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from dist_train.config.ranges import SEED_MAX, bounded, limits
+from dist_train.data.backends import BACKENDS
+from dist_train.data.catalog import CATALOG
+from dist_train.lr_rules import LR_RULE_NAMES
+from dist_train.schedules import SCHEDULE_NAMES, WITHOUT_MILESTONES
 
-from dist_train.errors import ConfigError, DistTrainError
-
-SEED_MAX = 2**63 - 1
-"""The largest seed (and any integer key's largest value): torch and the loaders take 64-bit signed seeds."""
-MAX_LIST = 1000
-"""The most values a list key may hold."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric config key accepts (each element, for a list key)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    length: int | None = None
-    """A list key's exact length."""
-
-    def contains(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def describe(self) -> str:
-        """``at least 1``, ``positive``, ``in [0, 1)``."""
-        low, high = _number(self.low or 0), _number(self.high or 0)
-        if self.high is None:
-            return (
-                "positive" if self.low == 0 and self.low_open else f"{'above' if self.low_open else 'at least'} {low}"
-            )
-        if self.low is None:
-            return f"{'below' if self.high_open else 'at most'} {high}"
-        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
-
-
-def _number(value: float) -> str:
-    """``1`` for 1.0, ``0.5`` for 0.5."""
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def limits(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    length: int | None = None,
-) -> dict[str, Range]:
-    """A schema field's metadata giving its valid range (read by :func:`validate`)."""
-    return {"range": Range(low, high, low_open, high_open, length)}
-
-
-def bounded(default: float, low: float | None = None, high: float | None = None, **options: Any) -> Any:
-    """A numeric schema field with its default and valid range (list fields: ``field(metadata=limits(...))``)."""
-    return field(default=default, metadata=limits(low, high, **options))
-
-
-DATASETS = ("synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist", "imagefolder", "webdataset")
-"""The built-in data sets (``data.dataset`` may also name a factory by import path)."""
+BACKEND_CHOICES = ("auto", *BACKENDS)
+"""``data.backend``'s choices: a loader backend, or ``auto`` (decided when the run starts)."""
 
 
 @dataclass
@@ -88,7 +30,7 @@ class DataConfig:
     (``my_pkg.data:build`` or ``path/to/data.py:build``, see :mod:`dist_train.data.plugin`)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of a data-set factory (``data.dataset: module:attr``)."""
-    backend: Literal["auto", "torch", "dali", "tensor"] = "auto"
+    backend: Literal[BACKEND_CHOICES] = "auto"
     """Training loader: torch DataLoader + torchvision transforms v2, NVIDIA DALI pipelines
     (``pip install .[dali]``; CPU operators when there is no GPU), or ``tensor``: the whole split on the
     training device, augmented a batch at a time by tensor ops (in-memory sets only, not ``imagefolder``).
@@ -144,8 +86,8 @@ class DataConfig:
     exactly when ``regime.adapt`` (which plans in updates)."""
 
     def __post_init__(self) -> None:
-        if not self.root and self.dataset == "fashion_mnist":
-            self.root = "/usr/share/datasets/fashion-mnist"
+        if not self.root and self.dataset in CATALOG:
+            self.root = CATALOG[self.dataset].default_root
 
 
 @dataclass
@@ -201,7 +143,7 @@ class OptimConfig:
 class ScheduleConfig:
     """The learning-rate schedule, per optimizer step."""
 
-    name: Literal["constant", "step", "cosine"] = "step"
+    name: Literal[SCHEDULE_NAMES] = "step"
     """constant lr, ``step`` decays at ``milestones``, or ``cosine`` annealing to ``min_lr_factor``·lr."""
     milestones: list[float] = field(default_factory=list, metadata=limits(low=0.0))
     """Epochs at which ``step`` multiplies the lr by ``gamma``."""
@@ -258,7 +200,7 @@ class RegimeConfig:
 
     reference_batch_size: int = bounded(0, low=0)
     """Batch size of the reference recipe; 0 = none (values are used as given)."""
-    lr_rule: Literal["none", "linear", "sqrt", "per_sample"] = "none"
+    lr_rule: Literal[LR_RULE_NAMES] = "none"
     """none: keep optim.lr; linear: × B/B_ref; sqrt: × sqrt(B/B_ref); per_sample: lr = B × optim.lr
     (optim.lr is then the per-sample base learning rate)."""
     adapt: bool = False
@@ -299,7 +241,7 @@ class SwapPhase2Config:
     """Epochs every replica trains."""
     lr: float = bounded(0.01, low=0.0, low_open=True)
     """Peak lr of every replica."""
-    schedule: Literal["constant", "cosine"] = "cosine"
+    schedule: Literal[WITHOUT_MILESTONES] = "cosine"
     """lr schedule of every replica over its epochs."""
 
 
@@ -397,227 +339,16 @@ class Config:
         return Path(self.out_dir) / self.name
 
 
-def _valid_keys(schema: type, prefix: str = "") -> list[str]:
-    """Every dotted key of a dataclass schema, e.g. ``optim.lr``."""
+def valid_keys(schema: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of a dataclass schema, sections too, e.g. ``optim`` and ``optim.lr``."""
+    hints = get_type_hints(schema)
     keys = []
     for f in fields(schema):
         key = f"{prefix}{f.name}"
         keys.append(key)
-        if is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Config")):
-            sub = globals()[f.type] if isinstance(f.type, str) else f.type
-            keys.extend(_valid_keys(sub, f"{key}."))
+        if is_dataclass(hints[f.name]):
+            keys.extend(valid_keys(hints[f.name], f"{key}."))
     return keys
-
-
-def _closest(key: str) -> str:
-    matches = difflib.get_close_matches(key, _valid_keys(Config), n=1, cutoff=0.5)
-    return f"; did you mean '{matches[0]}'?" if matches else ""
-
-
-def _explain(error: OmegaConfBaseException, source: str, key_hint: str = "") -> ConfigError:
-    """Turn an OmegaConf error into a one-line ConfigError naming the key."""
-    key = key_hint or getattr(error, "full_key", None) or ""
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if isinstance(error, ConfigKeyError):
-        return ConfigError(f"{source}: unknown config key '{key}'{_closest(key)}")
-    return ConfigError(f"{source}: bad value for '{key}': {message}")
-
-
-def parse_overrides(overrides: list[str]) -> list[str]:
-    """Check that every override has the form ``dotted.key=value``."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
-            raise ConfigError(f"bad override '{item}': expected dotted.key=value, e.g. optim.lr=0.2")
-        if not value.isprintable():
-            raise ConfigError(f"bad override {item!r}: the value holds a newline or another control character")
-        if "#" in value and not (len(value) > 1 and value[0] == value[-1] and value[0] in "'\""):
-            raise ConfigError(f"bad override '{item}': '#' starts a YAML comment; quote the value: {key}='\"{value}\"'")
-    return overrides
-
-
-MAX_FILE_BYTES = 1 << 20
-"""The largest config or sweep file read (a real one is a few kB)."""
-MAX_VALUES = 100_000
-"""The most values (mapping entries and list items, aliases expanded) a YAML file may hold."""
-
-
-def read_text(path: Path, error: type[DistTrainError] = ConfigError, limit: int = MAX_FILE_BYTES) -> str:
-    """The UTF-8 text of ``path`` (at most ``limit`` bytes), else one ``error`` line naming the file."""
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise error(f"{path}: larger than {limit} bytes; refused")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader refusing a key given twice in one mapping (YAML itself lets the last one win)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                mark = key_node.start_mark
-                raise ConfigError(f"{mark.name}:{mark.line + 1}:{mark.column + 1}: duplicate key '{key}'")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _check_size(loaded: Any, path: Path) -> None:
-    """Refuse more than ``MAX_VALUES`` values, counting each alias as the copy it stands for (an alias bomb
-    expands exponentially)."""
-    stack, count = [loaded], 0
-    while stack:
-        value = stack.pop()
-        items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
-        count += len(items)
-        if count > MAX_VALUES:
-            raise ConfigError(f"{path}: more than {MAX_VALUES} values (aliases expanded); refused")
-        stack.extend(items)
-
-
-def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
-    """The top-level mapping of the ``kind`` file ``path`` (empty file: {}); else a one-line ConfigError
-    (``expected`` says what the top level should be). Bounded: UTF-8, at most ``MAX_FILE_BYTES`` and
-    ``MAX_VALUES`` values, no key twice."""
-    if not path.is_file():
-        raise ConfigError(f"{kind} file not found: {path}")
-    text = read_text(path)
-    try:
-        loaded = yaml.load(text, Loader=_StrictLoader) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("<unicode string>", str(path), 1)) from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: {expected}")
-    _check_size(loaded, path)
-    return loaded
-
-
-def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
-    """The YAML mappings to merge, base files first: a file may name another with ``base: FILE``
-    (relative to its own directory) and override some of its keys."""
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' files form a cycle")
-    loaded = read_yaml_mapping(path, "config", "expected a mapping of config keys at the top level")
-    base = loaded.pop("base", None)
-    if base is None:
-        return [(path, loaded)]
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
-    return [*_yaml_layers(path.parent / base, (*seen, path.resolve())), (path, loaded)]
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build the typed config from defaults, a YAML file and ``key=value`` overrides.
-
-    ``path`` is a file, or the name of an installed recipe (``quickstart``; ``dist-train recipes`` lists them)."""
-    from dist_train.named_configs import find_config
-
-    merged = OmegaConf.structured(Config)
-    for layer_path, layer in _yaml_layers(find_config(path)) if path is not None else []:
-        try:
-            merged.merge_with(OmegaConf.create(layer))
-        except OmegaConfBaseException as e:
-            raise _explain(e, str(layer_path)) from None
-    for item in parse_overrides(list(overrides)):
-        try:
-            merged.merge_with(OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as e:
-            raise _explain(e, f"override '{item}'", item.partition("=")[0]) from None
-    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    if not config.name:
-        config.name = Path(path).stem if path is not None else "run"
-    validate(config)
-    return config
-
-
-def _check_value(key: str, value: Any, bounds: Range | None) -> None:
-    """One value of a config key against its type's limits and its range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, got {value}")
-    if bounds is not None and not bounds.contains(value):
-        raise ConfigError(f"{key} must be {bounds.describe()}, got {_number(value)}")
-    if isinstance(value, int) and abs(value) > SEED_MAX:
-        raise ConfigError(f"{key} must be at most {SEED_MAX} (64-bit), got {value}")
-
-
-def check_ranges(tree: Any, prefix: str = "") -> None:
-    """Every value of a config tree within the range its schema field gives (see :func:`bounded`), every
-    number finite and 64-bit, every list at most ``MAX_LIST`` long; else one ConfigError line."""
-    for f in fields(tree):
-        key, value = f"{prefix}{f.name}", getattr(tree, f.name)
-        bounds = f.metadata.get("range")
-        if is_dataclass(value):
-            check_ranges(value, f"{key}.")
-        elif isinstance(value, list):
-            if len(value) > MAX_LIST:
-                raise ConfigError(f"{key} holds {len(value)} values; at most {MAX_LIST} are allowed")
-            if bounds is not None and bounds.length is not None and len(value) != bounds.length:
-                raise ConfigError(f"{key} must hold {bounds.length} values, got {len(value)}: {value}")
-            for index, item in enumerate(value):
-                _check_value(f"{key}[{index}]", item, bounds)
-        else:
-            _check_value(key, value, bounds)
-
-
-def check_name(name: str, what: str = "name") -> None:
-    """A run or sweep name: one plain directory name of printable characters, without '/' or '#'."""
-    if name in {"", ".", ".."} or "/" in name or "#" in name or not name.isprintable():
-        raise ConfigError(f"{what} must be a plain directory name (printable characters, no '/' or '#'), got {name!r}")
-
-
-def validate(config: Config) -> None:
-    """Every key within its range (declared with the schema), then what ranges alone cannot express."""
-    check_ranges(config)
-    if config.data.backend == "tensor" and config.data.dataset in ("imagefolder", "webdataset"):
-        raise ConfigError(
-            f"data.backend=tensor holds in-memory data sets only; use torch or dali for {config.data.dataset}"
-        )
-    _check_dataset(config.data.dataset)
-    if config.data.dataset in DATASETS[1:] and not config.data.root:
-        raise ConfigError(f"data.root is required for data.dataset={config.data.dataset}")
-    if config.schedule.factors and len(config.schedule.factors) != len(config.schedule.milestones):
-        raise ConfigError(
-            f"schedule.factors has {len(config.schedule.factors)} values for "
-            f"{len(config.schedule.milestones)} schedule.milestones"
-        )
-    if sorted(config.schedule.milestones) != list(config.schedule.milestones):
-        raise ConfigError(f"schedule.milestones must be increasing, got {config.schedule.milestones}")
-    check_name(config.name)
-
-
-def _check_dataset(name: str) -> None:
-    """A built-in data set's name or a factory's import path (``module:attr``, ``file.py:attr``)."""
-    module, sep, attr = name.partition(":")
-    if name not in DATASETS and not (sep and module and attr):
-        raise ConfigError(
-            f"unknown data.dataset '{name}'; choose one of {', '.join(DATASETS)}, "
-            "or a factory: my_pkg.data:build or path/to/data.py:build"
-        )
-
-
-def _lookup(config: Config, key: str) -> Any:
-    value: Any = config
-    for part in key.replace("[", ".").replace("]", "").split("."):
-        value = value[int(part)] if part.isdigit() else getattr(value, part)
-    return value
-
-
-def to_yaml(config: Config) -> str:
-    """The resolved config as YAML (what is written to the run directory)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -629,8 +360,3 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def to_dict(config: Config) -> dict[str, Any]:
-    """The resolved config as plain nested dicts."""
-    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
