@@ -18,7 +18,7 @@ only) and the results are written after every section: ``<out>/<device>.json`` a
 
 * ``environment``: versions, device, which optional parts (DALI, the tensor backend) are importable.
 * ``sync_check``: the trainer's training steps under ``torch.cuda.set_sync_debug_mode("error")`` (GPU)
-  and a :class:`~dist_train.trainer.HostReadCounter` (both devices): no step may synchronise with the
+  and a :class:`~dist_train.debug.HostReadCounter` (both devices): no step may synchronise with the
   device; plain BN and Ghost BN, bf16 and channels_last.
 * ``trainer_eager`` / ``trainer_compiled``: images/s of a minimal hand-written loop (data resident on the
   device, one fixed batch: the compute bound) against ``dist-train train`` (its real loader: the tensor
@@ -451,8 +451,8 @@ def check_steps(size: Size, device: str, ghost: int) -> list[dict]:
 
     from dist_train.assemble import build_trainer
     from dist_train.config import load_config
+    from dist_train.debug import HostReadCounter
     from dist_train.distributed import distributed
-    from dist_train.trainer import HostReadCounter
 
     name = f"{'Ghost BN ' + str(ghost) if ghost else 'BN'}, bf16, channels_last"
     with tempfile.TemporaryDirectory(prefix="gpu_suite_sync_") as out:

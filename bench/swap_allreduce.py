@@ -58,7 +58,7 @@ from dist_train.config import SwapConfig
 from dist_train.distributed import distributed, local_torchrun
 from dist_train.models import build_model
 from dist_train.swap import average_parameters, recompute_bn
-from dist_train.trainer import seed_everything
+from dist_train.train_state import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 0

@@ -32,7 +32,7 @@ from dist_train.data import build_datasets
 from dist_train.distributed import distributed
 from dist_train.models import build_model
 from dist_train.optim import Schedule, build_optimizer, build_scheduler
-from dist_train.trainer import seed_everything
+from dist_train.train_state import seed_everything
 
 
 def minimal_epoch(model, loader, optimizer, scheduler, device) -> float:

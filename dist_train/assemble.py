@@ -15,28 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader
-from torchvision.utils import make_grid
 
 from dist_train import checkpoint
+from dist_train.callbacks import Callback
 from dist_train.config import Config, to_dict, to_yaml
-from dist_train.dashboard import labelled_rows
+from dist_train.dashboard import describe_run, hosts_table, view_grid
 from dist_train.data import DatasetSplits, build_datasets
-from dist_train.data.loader import LoaderOptions, TrainLoader, build_eval_loader, build_train_loader, micro_batch_size
-from dist_train.data.tensor_loader import IN_MEMORY
-from dist_train.data.transforms import Recipe, recipe_for
-from dist_train.diffusion import WeightDistance
+from dist_train.data.build import build_training_loader, build_val_loader, training_copies
+from dist_train.data.loader import micro_batch_size
 from dist_train.distributed import DistContext, agree
-from dist_train.errors import ConfigError
 from dist_train.models import build_model
 from dist_train.monitor import Monitor, NullMonitor, check_records
-from dist_train.nn.ghost_bn import convert_to_ghost_bn
 from dist_train.optim import build_optimizer, build_scheduler
-from dist_train.regime import Plan, cross_epoch_batches, format_plan, plan_from_config
+from dist_train.regime import format_plan, plan_from_config
 from dist_train.rundir import History, check_resume, recorded_config, remove_partial_writes, write_config
-from dist_train.trainer import Callback, Trainer, seed_everything
+from dist_train.techniques import RunFacts, build_callbacks
+from dist_train.train_state import seed_everything
+from dist_train.trainer import Trainer
 
 
 def configure_backends(cfg: Config, ctx: DistContext) -> None:
@@ -95,7 +92,7 @@ class Resume:
 
 def read_resume(cfg: Config, ctx: DistContext) -> Resume:
     """The run's checkpoint to resume (``cfg.resume``), loaded safely and checked against this config."""
-    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir = cfg.run_dir
     path = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
     if path is None:  # a fresh start; a run directory that had a checkpoint still says what it trained
         recorded = recorded_config(run_dir)
@@ -112,120 +109,13 @@ def read_resume(cfg: Config, ctx: DistContext) -> Resume:
     return Resume(path, state, tuple(lines + check.notes))
 
 
-def build_network(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> nn.Module:
-    """The model for ``data``, with Ghost BN as configured, on the run's device and memory format."""
+def build_network(cfg: Config, ctx: DistContext, data: DatasetSplits) -> nn.Module:
+    """The model for ``data``, on the run's device and memory format (the techniques' set-up comes next)."""
     model = build_model(
         cfg.model.name, data.num_classes, data.in_channels, data.image_size, cfg.model.width, cfg.model.kwargs
     )
-    apply_ghost_bn(model, cfg.bn.ghost_batch_size, micro_batch * cfg.augment.copies)
     model = model.to(ctx.device)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
-
-
-def loader_options(cfg: Config, ctx: DistContext, micro_batch: int) -> LoaderOptions:
-    """How this rank's training loader cuts, shards and seeds the data (either backend)."""
-    return LoaderOptions(
-        micro_batch=micro_batch,
-        grad_accum_steps=cfg.train.grad_accum_steps,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        seed=cfg.seed,
-        workers=cfg.data.num_workers,
-        pin_memory=ctx.device.type == "cuda",
-        view_layout=cfg.augment.layout,
-        across_epochs=cross_epoch_batches(cfg),
-        copies=cfg.augment.copies,
-        device_id=ctx.device.index if ctx.device.type == "cuda" else None,
-    )
-
-
-def resolve_data_backend(cfg: Config, device: torch.device) -> None:
-    """Make ``data.backend: auto`` concrete for this run: the tensor loader for an in-memory data set on a GPU
-    (the whole split in GPU memory, no loader workers), the torch DataLoader otherwise (on a CPU its worker
-    processes load while the training process computes)."""
-    if cfg.data.backend != "auto":
-        return
-    in_memory = cfg.data.dataset in IN_MEMORY and recipe_for(cfg.data).crop in ("pad", "none")
-    cfg.data.backend = "tensor" if device.type == "cuda" and in_memory else "torch"
-
-
-def data_recipe(cfg: Config, data: DatasetSplits) -> Recipe:
-    """How ``data`` is augmented and normalised: the factory's recipe for a plug-in data set, else the config's."""
-    return data.recipe or recipe_for(cfg.data)
-
-
-def build_training_loader(cfg: Config, ctx: DistContext, data: DatasetSplits, micro_batch: int) -> TrainLoader:
-    """The training loader of ``data.backend``: torch DataLoader, DALI pipelines or device tensors, one contract.
-
-    ``data`` must come from ``build_datasets(cfg.data, copies=...)`` with the torch backend's views
-    (:func:`training_copies`): DALI and the tensor backend make their views themselves.
-    """
-    options = loader_options(cfg, ctx, micro_batch)
-    if cfg.data.backend == "dali":
-        from dist_train.data.dali import DaliTrainLoader
-
-        return DaliTrainLoader(data.train, data_recipe(cfg, data), data.image_size, options)  # type: ignore[return-value]
-    if cfg.data.backend == "tensor":
-        from dist_train.data.tensor_loader import TensorTrainLoader
-
-        return TensorTrainLoader(data.train, data_recipe(cfg, data), options, ctx.device)  # type: ignore[arg-type,return-value]
-    return build_train_loader(data.train, options)
-
-
-def training_copies(cfg: Config) -> int:
-    """Views per sample the dataset itself makes: the torch backend's batch augmentation (DALI and tensor make
-    their own)."""
-    return 1 if cfg.data.backend in ("dali", "tensor") else cfg.augment.copies
-
-
-def build_val_loader(cfg: Config, ctx: DistContext, data: DatasetSplits) -> DataLoader:
-    """The validation loader: a DataLoader, or with ``data.backend: dali`` a DALI pipeline giving the same
-    images, shards and batches."""
-    eval_batch = cfg.data.eval_batch_size or cfg.data.batch_size
-    if cfg.data.backend == "dali":
-        from dist_train.data.dali import DaliEvalLoader
-
-        device_id = ctx.device.index if ctx.device.type == "cuda" else None
-        return DaliEvalLoader(  # type: ignore[return-value]
-            data.val,
-            data_recipe(cfg, data),
-            data.image_size,
-            eval_batch,
-            ctx.rank,
-            ctx.world_size,
-            cfg.data.num_workers,
-            device_id,
-        )
-    return build_eval_loader(
-        data.val, eval_batch, ctx.rank, ctx.world_size, cfg.data.num_workers, ctx.device.type == "cuda"
-    )
-
-
-def build_callbacks(cfg: Config, model: nn.Module, plan: Plan, extra: Sequence[Callback]) -> list[Callback]:
-    """The techniques that hook into the loop: the caller's, then the diffusion monitor if configured."""
-    callbacks = list(extra)
-    if cfg.diffusion.every_steps:
-        fit_until = cfg.diffusion.fit_until_step or (plan.milestone_steps or (plan.total_steps,))[0]
-        callbacks.append(WeightDistance(model, cfg.diffusion.every_steps, fit_until))
-    return callbacks
-
-
-def describe_run(
-    cfg: Config, ctx: DistContext, model: nn.Module, data: DatasetSplits, loader: TrainLoader, plan: Plan
-) -> str:
-    """The run's one-line summary: where, how many processes on which hosts, model, data, batch, epochs, lr."""
-    micro_batch = micro_batch_size(cfg.data.batch_size, ctx.world_size, cfg.train.grad_accum_steps)
-    parameters = sum(p.numel() for p in model.parameters())
-    hosts = sorted(set(ctx.hosts))
-    on_hosts = f"{len(hosts)} hosts ({', '.join(hosts[:4])}{', ...' * (len(hosts) > 4)}) | " if len(hosts) > 1 else ""
-    return (
-        f"run {Path(cfg.out_dir) / cfg.name} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | "
-        f"{on_hosts}{cfg.model.name} ({parameters / 1e6:.2f}M params) | "
-        f"{len(data.train)} train / {len(data.val)} val | "
-        f"batch {cfg.data.batch_size} ({micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
-        f"{plan.epochs} epochs × {loader.steps_per_epoch} steps | lr {plan.lr:.4g}"
-        + (f" | ghost BN {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "")
-    )
 
 
 def prepare_trainer(
@@ -240,21 +130,33 @@ def prepare_trainer(
     configure_backends(cfg, ctx)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     data = build_datasets(cfg.data, copies=training_copies(cfg))
-    model = build_network(cfg, ctx, data, micro_batch)
+    model = build_network(cfg, ctx, data)
     train_loader = build_training_loader(cfg, ctx, data, micro_batch)
     plan = plan_from_config(cfg, len(data.train), train_loader.steps_per_epoch)
     train_loader.order.total_steps = plan.total_steps  # the last epoch is partial when the plan says so
+    callbacks = build_callbacks(RunFacts(cfg, ctx, plan, micro_batch), extra_callbacks)
+    for callback in callbacks:
+        callback.setup(model)  # model surgery (Ghost BN), before the optimizer and DDP see the model
     optimizer = build_optimizer(model, cfg.optim, lr=plan.lr)
     scheduler = build_scheduler(optimizer, plan.schedule(cfg.schedule))
-    callbacks = build_callbacks(cfg, model, plan, extra_callbacks)
-    run_dir = Path(cfg.out_dir) / cfg.name
     val_loader = build_val_loader(cfg, ctx, data)
     trainer = Trainer(
-        cfg, ctx, model, optimizer, scheduler, train_loader, val_loader, NullMonitor(), run_dir, plan.epochs, callbacks
+        cfg,
+        ctx,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        val_loader,
+        NullMonitor(),
+        cfg.run_dir,
+        plan.epochs,
+        callbacks,
+        loss=F.cross_entropy,
     )
     lines, finished = list(resume.lines), False
-    if resume.state is not None:
-        trainer.load_state_dict(resume.state, resume.path)  # type: ignore[arg-type]
+    if resume.path is not None and resume.state is not None:
+        trainer.load_state_dict(resume.state, resume.path)
         lines.insert(0, f"resumed from {resume.path} at epoch {trainer.epoch}, step {trainer.step}")
         finished = trainer.epoch >= trainer.total_epochs or trainer.stop_requested
         if finished:
@@ -308,44 +210,3 @@ def open_records(prepared: Prepared, cfg: Config) -> None:
         monitor.text("plan", f"```\n{prepared.plan_text}\n```")
     monitor.text("hosts", hosts_table(trainer.ctx), trainer.step)
     monitor.print(prepared.lines[-1])
-
-
-def hosts_table(ctx: DistContext) -> str:
-    """The ranks of each host, as a Markdown table (TensorBoard's TEXT tab)."""
-    ranks: dict[str, list[int]] = {}
-    for rank, host in enumerate(ctx.hosts):
-        ranks.setdefault(host, []).append(rank)
-    rows = [f"| {host} | {', '.join(map(str, found))} |" for host, found in ranks.items()]
-    head = [f"{ctx.world_size} process(es) on {len(ranks)} host(s)", "", "| host | ranks |", "|---|---|"]
-    return "\n".join([*head, *rows])
-
-
-def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8) -> torch.Tensor:
-    """A picture of the training input: a row per sample, its ``copies`` augmented views side by side and
-    its class name on the left."""
-    images, labels = next(iter(loader.epoch(0)))
-    images = images.float().cpu()
-    index = torch.arange(copies * min(samples, micro_batch)).view(-1, copies)  # sample-major positions
-    if layout == "copy_major":
-        sample, view = index // copies, index % copies
-        index = view * micro_batch + sample
-    picked = images[index.reshape(-1)]
-    low, high = picked.amin(dim=(1, 2, 3), keepdim=True), picked.amax(dim=(1, 2, 3), keepdim=True)
-    grid = make_grid((picked - low) / (high - low).clamp(min=1e-6), nrow=copies, padding=1)
-    names = getattr(loader.dataset, "classes", ())
-    rows = [int(labels[i]) for i in index[:, 0].tolist()]
-    return labelled_rows(grid, [names[r] if r < len(names) else str(r) for r in rows])
-
-
-def apply_ghost_bn(model: nn.Module, ghost_batch_size: int, micro_batch: int) -> None:
-    """Swap the model's BatchNorms for Ghost BN, checking the ghost fits the per-process batch."""
-    if not ghost_batch_size:
-        return
-    if ghost_batch_size > micro_batch:
-        raise ConfigError(
-            f"bn.ghost_batch_size={ghost_batch_size} is larger than the per-process batch {micro_batch} "
-            "(data.batch_size / world size / train.grad_accum_steps)"
-        )
-    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
-        raise ConfigError("bn.ghost_batch_size is set but the model has no BatchNorm layer")
-    convert_to_ghost_bn(model, ghost_batch_size)

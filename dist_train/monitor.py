@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -25,6 +25,38 @@ from dist_train.dashboard import LAYOUT, OVERVIEW
 from dist_train.errors import ResourceError
 from dist_train.jsonio import dumps
 from dist_train.rundir import History, events_dir, rewind_metrics
+
+if TYPE_CHECKING:
+    from dist_train.trainer import Trainer
+
+
+def epoch_line(epoch: int, total_epochs: int, step: int, values: dict[str, float]) -> str:
+    """The console line of an epoch: training loss and accuracy, validation's when evaluated, speed, time."""
+    line = (
+        f"epoch {epoch}/{total_epochs} step {step} | "
+        f"train loss {values['train/loss']:.4f} acc {values['train/acc']:.2%} | "
+    )
+    if "val/acc" in values:
+        line += f"val loss {values['val/loss']:.4f} acc {values['val/acc']:.2%} | "
+    return line + f"{values['train/images_per_s']:.0f} img/s | {values['train/epoch_time_s']:.1f}s"
+
+
+def run_summary(trainer: Trainer, val_loss: float, val_accuracy: float, seconds: float) -> dict[str, Any]:
+    """The loop's part of a run's summary (``summary.json``; the callbacks add theirs)."""
+    return {
+        "name": trainer.cfg.name,
+        "epochs": trainer.epoch,
+        "steps": trainer.step,
+        "train_loss": trainer.train_loss,
+        "diverged": trainer.diverged,
+        "val_loss": val_loss,
+        "val_acc": val_accuracy,
+        "best_val_acc": trainer.best_accuracy,
+        "world_size": trainer.ctx.world_size,
+        "batch_size": trainer.cfg.data.batch_size,
+        "lr": trainer.optimizer.param_groups[0]["initial_lr"],  # as planned by the regime
+        "train_seconds": seconds,
+    }
 
 
 def check_records(run_dir: Path) -> None:

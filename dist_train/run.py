@@ -6,11 +6,11 @@ The launch path goes one way: ``cli`` / ``slurm`` → ``run`` → ``swap`` / ``a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from dist_train.assemble import build_trainer, resolve_data_backend
+from dist_train.assemble import build_trainer
 from dist_train.config import Config, to_dict
+from dist_train.data.build import resolve_data_backend
 from dist_train.distributed import DistContext, agree, distributed
 from dist_train.jsonio import write_json
 from dist_train.rundir import RunLock, write_summary
@@ -44,7 +44,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """
     with catch_sigterm(), distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
         resolve_data_backend(cfg, ctx.device)
-        run_dir = Path(cfg.out_dir) / cfg.name
+        run_dir = cfg.run_dir
         lock = agree(lambda: RunLock.acquire(run_dir) if ctx.is_primary else None, undo=release)
         try:
             if lock is not None and lock.note:
@@ -62,7 +62,7 @@ def release(lock: RunLock | None) -> None:
 def _swap_run(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     summary = train_swap(cfg, ctx)
     if ctx.is_primary:
-        write_json(Path(cfg.out_dir) / cfg.name / "summary.json", {**summary, "config": to_dict(cfg)})
+        write_json(cfg.run_dir / "summary.json", {**summary, "config": to_dict(cfg)})
     return summary
 
 

@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch.distributed as dist
 
+    from dist_train.train_state import EpochProgress
+    from dist_train.trainer import Trainer
+
 EXIT_STATUS = 128 + signal.SIGTERM
 
 
@@ -124,3 +127,30 @@ class StopVote:
         self.flag.fill_(int(local))
         self.flag_all_reduce(async_op=False)
         return decided or bool(self.flag.numpy()[0])
+
+
+def checkpoint_on_sigterm(trainer: Trainer, progress: EpochProgress) -> str:
+    """Checkpoint at ``progress`` when the last save fits in what is left of ``checkpoint.sigterm_budget_s``
+    (every rank agrees); the line that says where the run stopped and where it resumes."""
+    import torch
+    import torch.distributed as dist
+
+    budget = trainer.cfg.checkpoint.sigterm_budget_s
+    left = budget - GUARD.seconds_since()
+    last_step, last_seconds = trainer.last_save
+    skip = torch.tensor([int(last_seconds > left)], dtype=torch.int32)
+    if trainer.ctx.is_distributed:
+        dist.all_reduce(skip, group=trainer.ctx.cpu_group)
+    where = f"stopped by SIGTERM after step {trainer.step} (epoch {trainer.epoch + 1}, step {progress.steps} of it)"
+    if skip.item():
+        trainer.monitor.event(trainer.step, "stopped", signal="SIGTERM", checkpoint=False)
+        resumes = f"resumes from step {last_step}" if last_step is not None else "starts again from step 0"
+        return (
+            f"{where}: no checkpoint (the last took {last_seconds:.1f} s, more than the {max(left, 0):.1f} s "
+            f"left of checkpoint.sigterm_budget_s={budget:g}); the run {resumes}"
+        )
+    trainer.save_checkpoint(progress)
+    trainer.monitor.event(trainer.step, "stopped", signal="SIGTERM", checkpoint=True)
+    return (
+        f"{where}: checkpoint {trainer.checkpoint_path} written in {trainer.last_save[1]:.1f} s; the run resumes there"
+    )

@@ -51,42 +51,20 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dist_train import checkpoint
-from dist_train.assemble import build_trainer, build_training_loader, build_val_loader
+from dist_train.assemble import build_trainer
 from dist_train.config import Config
 from dist_train.data import DatasetSplits, build_datasets
+from dist_train.data.build import build_training_loader, build_val_loader
 from dist_train.data.loader import micro_batch_size
 from dist_train.distributed import DistContext, agree, all_gather_objects, all_reduce_sum
 from dist_train.errors import ConfigError
+from dist_train.evaluate import evaluate
 from dist_train.monitor import Monitor
-from dist_train.trainer import Trainer, evaluate
+from dist_train.techniques.swap_stop import StopAtTrainAccuracy
+from dist_train.trainer import Trainer
 
 PHASE1 = "phase1.pt"
 FINAL = "swap_final.pt"
-
-
-class StopAtTrainAccuracy:
-    """Phase-1 callback: request the end of training once an epoch's training accuracy reaches a threshold."""
-
-    name = "swap_phase1"
-
-    def __init__(self, threshold: float) -> None:
-        self.threshold = threshold
-
-    def on_step_end(self, trainer: Trainer) -> None:
-        pass
-
-    def on_epoch_end(self, trainer: Trainer, values: dict[str, float]) -> None:
-        if self.threshold and values["train/acc"] >= self.threshold:
-            trainer.stop_requested = True
-
-    def on_fit_end(self, trainer: Trainer) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def replica_layout(cfg: Config, world_size: int) -> int:
@@ -186,7 +164,7 @@ def recompute_bn(
 
 def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
     """Large-batch DDP over all ranks until the accuracy threshold or the epoch limit; checkpointed at its end."""
-    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir = cfg.run_dir
     marker = run_dir / "checkpoints" / PHASE1
     if marker.exists():
         return checkpoint.load(marker)
@@ -251,7 +229,7 @@ def run_phase2(cfg: Config, ctx: DistContext, phase1: dict[str, Any], replica_si
     host_groups = replica_groups(ctx.world_size, replica_size, "gloo") if ctx.backend == "nccl" else None
     replica = ctx.rank // replica_size
     local = replica_context(ctx, replica_size, groups, host_groups)
-    own = phase2_config(cfg, replica, Path(cfg.out_dir) / cfg.name)
+    own = phase2_config(cfg, replica, cfg.run_dir)
     trainer = build_trainer(own, local, initial_weights=phase1["model"])
     try:
         trainer.monitor.event(trainer.step, "phase", phase=2, replica=replica)
@@ -328,7 +306,7 @@ def report_phase3(cfg: Config, module: nn.Module, summary: dict[str, Any]) -> No
     """Rank 0: save the averaged model, log the phase markers and the result."""
     replicas, val_acc = summary["replicas"], summary["val_acc"]
     step2, step3 = summary["phase1"]["steps"], summary["sequential_steps"]
-    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir = cfg.run_dir
     final = {"model": module.state_dict(), "optimizer": {}, "scheduler": {}, "epoch": 0, "step": step3}
     checkpoint.atomic_save(final, run_dir / "checkpoints" / FINAL)
     monitor = Monitor(run_dir, resume_step=step2)

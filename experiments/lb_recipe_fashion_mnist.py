@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader
 from dist_train.config import load_config
 from dist_train.data import build_datasets
 from dist_train.data.loader import build_eval_loader
+from dist_train.evaluate import evaluate
 from dist_train.models import build_model
 from dist_train.regime import plan_from_config
 from dist_train.swap import recompute_bn
-from dist_train.trainer import evaluate
 
 CONFIGS = {
     "SB": "fashion_mnist_f1_sb.yaml",

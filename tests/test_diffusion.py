@@ -8,7 +8,7 @@ import torch
 from conftest import TINY, assert_ok, read_metrics, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dist_train.diffusion import fit_log, layer_labels, layer_of
+from dist_train.techniques.diffusion import fit_log, layer_labels, layer_of
 
 
 def test_fit_recovers_a_log_curve():
@@ -36,6 +36,7 @@ def test_layer_names():
     assert layer_labels(model) == {"0.0": "0.conv1", "0.1": "0.bn1", "0.3": "0.conv2", "2": "fc1"}
 
 
+@pytest.mark.slow
 def test_distance_logged_fitted_and_kept_across_resume(tmp_path):
     args = ["train", *TINY, f"out_dir={tmp_path}", "name=diff", "diffusion.every_steps=2"]
     assert_ok(run_cli([*args, "train.epochs=1"]))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from conftest import assert_ok, read_metrics, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dist_train.health import RankStats
+from dist_train.techniques.rank_health import RankStats
 
 
 def stats(step_s: list[float], data_wait_s: list[float]) -> RankStats:
@@ -36,6 +37,7 @@ def test_rank_scalars_per_rank_worst_and_spread() -> None:
     assert not any(tag.startswith("ranks/peak_memory_gb") for tag in cpu)  # not measured on a CPU
 
 
+@pytest.mark.slow
 def test_a_slow_rank_is_named_in_the_log_and_in_tensorboard(tmp_path) -> None:
     """2 ranks under torchrun; rank 1 reads its images 4 ms slower each (a data set on a slow disk, one node).
     Rank 0 names rank 1 and its host once; metrics.jsonl and TensorBoard hold both ranks' data waits."""

@@ -63,7 +63,7 @@ def test_torch_loader_skips_without_reading(tree: DataConfig, monkeypatch: pytes
     assert len(full) == BATCHES and len(reads) == BATCHES * MICRO
     reads.clear()
     skip = 5
-    torch.set_rng_state(states[skip])  # what a checkpoint after batch 5 keeps (dist_train.trainer.rng_state)
+    torch.set_rng_state(states[skip])  # what a checkpoint after batch 5 keeps (dist_train.train_state.rng_state)
     tail = list(loader.epoch(1, start=skip))
     assert len(reads) == (BATCHES - skip) * MICRO  # the first 5 batches were never decoded
     expected = {p for batch in loader.order.micro_batches(1)[skip:] for p in (data.train.samples[i][0] for i in batch)}
@@ -83,6 +83,7 @@ def iter_with_states(batches, states: list) -> object:
             return
 
 
+@pytest.mark.slow
 def test_torch_workers_give_each_batch_its_own_seed(tree: DataConfig) -> None:
     """With loader workers every batch seeds its own augmentation: a resumed epoch gives the uninterrupted
     epoch's batches whatever the workers made before (and whatever the main process's random state)."""
@@ -97,6 +98,7 @@ def test_torch_workers_give_each_batch_its_own_seed(tree: DataConfig) -> None:
     assert not torch.equal(full[0][0], full[1][0])
 
 
+@pytest.mark.slow
 def test_dali_loader_skips_without_reading(tree: DataConfig, dali: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """DALI's pipeline is fed only the files after the checkpoint, and since each micro-batch's random draws
     come from its own seed, the resumed epoch's batches are the uninterrupted ones, from any micro-batch."""

@@ -14,10 +14,11 @@ from torch.utils.data import TensorDataset
 from dist_train.assemble import build_trainer
 from dist_train.config import load_config
 from dist_train.data.loader import LoaderOptions, build_train_loader
+from dist_train.debug import HostReadCounter
 from dist_train.distributed import distributed
 from dist_train.monitor import NullMonitor
 from dist_train.optim import Schedule, build_optimizer, build_scheduler
-from dist_train.trainer import HostReadCounter, Trainer
+from dist_train.trainer import Trainer
 
 
 def linear_trainer(grad_accum_steps: int, batch_size: int = 32, *overrides: str) -> Trainer:
@@ -54,6 +55,7 @@ def train_in_process(tmp_path, *overrides: str) -> tuple[Trainer, dict]:
             trainer.monitor.close()
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last(tmp_path):
     trainer, summary = train_in_process(tmp_path, "train.precision=bf16", "train.channels_last=true")
     conv = next(m for m in trainer.module.modules() if isinstance(m, nn.Conv2d))
@@ -62,6 +64,7 @@ def test_bf16_autocast_and_channels_last(tmp_path):
     assert math.isfinite(summary["val_loss"]) and summary["steps"] == 16
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     first, _ = train_in_process(tmp_path / "a")
     second, _ = train_in_process(tmp_path / "b")
@@ -72,6 +75,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     assert all(differs)
 
 
+@pytest.mark.slow
 def test_torch_compile(tmp_path):
     trainer, summary = train_in_process(tmp_path, "model.name=mnist_f1", "model.width=32", "train.compile=true")
     assert type(trainer.model).__name__ == "OptimizedModule"
@@ -92,6 +96,7 @@ def test_gradient_clipping_bounds_the_update():
     assert free_moved.norm() > 0.05  # the unclipped gradient is much larger
 
 
+@pytest.mark.slow
 def test_evaluation_every_n_epochs_and_at_the_end(tmp_path):
     _, summary = train_in_process(tmp_path, "train.epochs=3", "train.eval_every=2")
     assert summary["epochs"] == 3 and math.isfinite(summary["val_acc"])
@@ -100,6 +105,7 @@ def test_evaluation_every_n_epochs_and_at_the_end(tmp_path):
     assert [r["epoch"] for r in records if "train/loss" in r] == [1, 2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [

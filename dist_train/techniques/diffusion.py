@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dist_train.callbacks import Callback
+
 if TYPE_CHECKING:
+    from dist_train.techniques import RunFacts
     from dist_train.trainer import Trainer
 
 
@@ -75,21 +78,26 @@ def layer_labels(model: nn.Module) -> dict[str, str]:
     return labels
 
 
-class WeightDistance:
+class WeightDistance(Callback):
     """Trainer callback logging ||w_t - w_0|| (whole model and per layer) and its log-fit."""
 
     name = "weight_distance"
 
-    def __init__(self, model: nn.Module, every_steps: int, fit_until_step: int) -> None:
+    def __init__(self, every_steps: int, fit_until_step: int) -> None:
         self.every_steps = every_steps
         self.fit_until_step = fit_until_step
-        self.initial = {name: p.detach().clone() for name, p in model.named_parameters()}
-        labels = layer_labels(model)
-        self.layer = {name: labels.get(layer_of(name), layer_of(name)) for name in self.initial}
+        self.initial: dict[str, torch.Tensor] = {}
+        self.layer: dict[str, str] = {}
         """Each parameter's layer, by the name it is logged under (``diffusion/layer/<name>``)."""
         self.steps: list[int] = []
         self.distances: list[float] = []
         self.fit: dict[str, float] | None = None
+
+    def setup(self, model: nn.Module) -> None:
+        """Remember ``w_0`` (a resumed run then takes the checkpoint's) and each parameter's layer name."""
+        self.initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+        labels = layer_labels(model)
+        self.layer = {name: labels.get(layer_of(name), layer_of(name)) for name in self.initial}
 
     @torch.no_grad()
     def distances_now(self, model: nn.Module) -> tuple[float, dict[str, float]]:
@@ -112,9 +120,6 @@ class WeightDistance:
         if self.fit is None and step >= self.fit_until_step:
             self._fit(trainer)
 
-    def on_epoch_end(self, trainer: Trainer, values: dict[str, float]) -> None:
-        pass
-
     def _fit(self, trainer: Trainer) -> None:
         slope, intercept, r2 = fit_log(self.steps, self.distances)
         self.fit = {"slope": slope, "intercept": intercept, "r2": r2, "until_step": self.steps[-1]}
@@ -134,3 +139,14 @@ class WeightDistance:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.initial = state["initial"]
         self.steps, self.distances, self.fit = list(state["steps"]), list(state["distances"]), state["fit"]
+
+
+def build(facts: RunFacts) -> WeightDistance | None:
+    """The monitor when ``diffusion.every_steps`` is set; the fit ends at ``diffusion.fit_until_step``, by default
+    the first lr milestone (or the run's end)."""
+    diffusion, plan = facts.cfg.diffusion, facts.plan
+    if not diffusion.every_steps:
+        return None
+    return WeightDistance(
+        diffusion.every_steps, diffusion.fit_until_step or (plan.milestone_steps or (plan.total_steps,))[0]
+    )

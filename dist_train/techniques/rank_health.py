@@ -1,6 +1,11 @@
 """Every rank's pace, gathered at each log point: the slow rank of a many-node job, named.
 
-Each rank times its own log window from the host, without touching the device: the wall time of its
+Method card
+-----------
+*Problem.* In a many-node job one slow rank (a busy loader, a bad host) slows every step, and nothing says
+which one it is.
+
+*Code.* Each rank times its own log window from the host, without touching the device: the wall time of its
 steps (the window ends right after the host's one read of the metrics, which waits for the device),
 the time its loop waited for the next batch, the images it trained on and, on a GPU, its peak memory.
 At the log point one small all-gather (on the CPU group, four numbers a rank) brings them to rank 0,
@@ -10,6 +15,8 @@ has become a straggler.
 In synchronous data-parallel training every rank's step ends together (the gradient all-reduce waits
 for the slowest), so step time and images/s are the job's; what sets a slow rank apart is what it
 waited for itself: its loader (``data_wait_s``).
+
+*Switch.* Always on (its cost is one small all-gather per log step, ``train.log_every``).
 """
 
 from __future__ import annotations
@@ -18,11 +25,17 @@ import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
+from dist_train.callbacks import Callback, StepBatches
 from dist_train.distributed import DistContext
+
+if TYPE_CHECKING:
+    from dist_train.techniques import RunFacts
+    from dist_train.trainer import Trainer
 
 FIELDS = ("step_s", "data_wait_s", "images_per_s", "peak_memory_gb")
 """What each rank reports per window: seconds per step, seconds per step waiting for data, images/s,
@@ -139,3 +152,30 @@ class RankHealth:
             lines.append("stragglers: none now")
         self.reported = now
         return lines
+
+
+class StragglerReport(Callback):
+    """Rank health in the loop: times each rank's log windows, logs every rank's pace at the log steps
+    (``ranks/*``) and names a straggler in one line (also TensorBoard text ``ranks/stragglers``)."""
+
+    name = "rank_health"
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.health = RankHealth(ctx)
+
+    def step_batches(self, trainer: Trainer, batches: StepBatches) -> StepBatches:
+        return self.health.batches(batches)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.health.start()
+
+    def on_log(self, trainer: Trainer, values: dict[str, float]) -> None:
+        ranks = self.health.gather()  # after the host's read: the window's time includes its device work
+        values |= ranks.scalars()
+        if news := self.health.news(ranks):  # a rank became a straggler (or none is any more)
+            trainer.monitor.print("\n".join(news))
+            trainer.monitor.text("ranks/stragglers", "\n\n".join(news), trainer.step)
+
+
+def build(facts: RunFacts) -> StragglerReport:
+    return StragglerReport(facts.ctx)

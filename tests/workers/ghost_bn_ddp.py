@@ -14,8 +14,9 @@ from torch.nn.parallel import DistributedDataParallel
 from dist_train.assemble import build_trainer
 from dist_train.config import load_config
 from dist_train.distributed import DistContext
-from dist_train.nn.ghost_bn import average_bn_buffers, convert_to_ghost_bn
-from dist_train.trainer import ddp_buffer_sync
+from dist_train.nn.bn_buffers import average_bn_buffers
+from dist_train.nn.ghost_bn import convert_to_ghost_bn
+from dist_train.parallel import ddp_buffer_sync
 
 
 def trainer_syncs_buffers(out: Path, ghost_batch_size: int) -> bool:
