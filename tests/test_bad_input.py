@@ -301,6 +301,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(case: Case, out: Path) -> None:
     if case.setup is not None:
@@ -321,6 +322,7 @@ def test_suite_has_at_least_forty_cases() -> None:
 
 
 # -- cases that need more than one process or a real fault ----------------------------------------
+@pytest.mark.slow
 def test_mid_epoch_checkpoint_refuses_another_world_size_on_every_rank(out: Path) -> None:
     """A checkpoint taken inside an epoch by one process, resumed by two: both ranks say why."""
     checkpoint_edit(lambda state: {**state, "epoch_progress": {"steps": 3, "totals": [[0.0] * 3]}})(out)
@@ -330,6 +332,7 @@ def test_mid_epoch_checkpoint_refuses_another_world_size_on_every_rank(out: Path
     assert tree_hash(out) == before
 
 
+@pytest.mark.slow
 def test_second_run_on_a_live_run_directory_fails_at_once(tmp_path: Path) -> None:
     """Two real runs, one directory: the second (another seed) fails naming the holder; the first is intact."""
     args = ["train", *TINY, f"out_dir={tmp_path}", "name=shared", "train.epochs=60", "train.eval_every=60"]
@@ -352,6 +355,7 @@ def test_second_run_on_a_live_run_directory_fails_at_once(tmp_path: Path) -> Non
     assert not lock.exists()  # released at the end
 
 
+@pytest.mark.slow
 def test_refused_resume_keeps_history(out: Path, tmp_path: Path) -> None:
     """Finding 1: a foreign checkpoint is refused before the records are rewound; metrics and events stay."""
     small = tmp_path / "small"
@@ -362,6 +366,7 @@ def test_refused_resume_keeps_history(out: Path, tmp_path: Path) -> None:
     assert tree_hash(out) == before and len(read_metrics(out / RUN)) > 2
 
 
+@pytest.mark.slow
 def test_rewound_records_are_moved_aside_not_deleted(out: Path) -> None:
     """Resuming from an earlier checkpoint cuts the later records out of metrics.jsonl into history/."""
     run = out / RUN
@@ -378,6 +383,7 @@ def test_rewound_records_are_moved_aside_not_deleted(out: Path) -> None:
     assert (moved.parent / "tb").is_dir()
 
 
+@pytest.mark.slow
 def test_killed_checkpoint_write_leaves_nothing_behind(out: Path) -> None:
     """Finding 7: the temporary file of a write a SIGKILL interrupted is removed by the next start."""
     leftover = out / RUN / "checkpoints" / ".last.pt.1a2b3c4d.tmp"
@@ -388,6 +394,7 @@ def test_killed_checkpoint_write_leaves_nothing_behind(out: Path) -> None:
     assert "the run has finished (2 of 2 epochs): nothing to train" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [[], ["on_config_change=continue", "optim.lr=0.1"]], ids=["same", "changed"])
 def test_finished_run_keeps_its_config_and_summary(out: Path, args: list[str]) -> None:
     """A finished run is evaluated again, trains nothing, and rewrites neither config.yaml nor summary.json
@@ -400,6 +407,7 @@ def test_finished_run_keeps_its_config_and_summary(out: Path, args: list[str]) -
     assert not (out / RUN / "history").exists()
 
 
+@pytest.mark.slow
 def test_changed_config_without_checkpoint_continues_keeping_the_old_records(out: Path) -> None:
     """A run whose last.pt is gone restarts with a changed config only when told to; its old config.yaml and
     summary.json are moved to history/, not lost."""
@@ -415,6 +423,7 @@ def test_changed_config_without_checkpoint_continues_keeping_the_old_records(out
     assert json.loads((run / "summary.json").read_text())["config"]["train"]["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_immutable_metrics_refused_before_any_write(out: Path) -> None:
     """An immutable metrics.jsonl (chattr +i) is refused before config.yaml or a TensorBoard file is written."""
     metrics = out / RUN / "metrics.jsonl"
@@ -430,6 +439,7 @@ def test_immutable_metrics_refused_before_any_write(out: Path) -> None:
         subprocess.run(["chattr", "-i", str(metrics)], check=True)
 
 
+@pytest.mark.slow
 def test_checkpoints_follow_the_umask(finished_run: Path) -> None:
     """Finding 10: last.pt is group/world readable under the default umask (not mkstemp's 0600)."""
     mode = (finished_run / "checkpoints" / "last.pt").stat().st_mode & 0o777
@@ -438,6 +448,7 @@ def test_checkpoints_follow_the_umask(finished_run: Path) -> None:
     assert mode == 0o666 & ~umask
 
 
+@pytest.mark.slow
 def test_records_are_strict_json_when_the_run_diverges(tmp_path: Path) -> None:
     """Finding 4: a run whose loss becomes NaN writes null, never bare NaN, in metrics.jsonl and summary.json."""
     result = run_cli(["train", *TINY, f"out_dir={tmp_path}", "name=diverged", "optim.lr=1e6"])
@@ -452,6 +463,7 @@ def test_records_are_strict_json_when_the_run_diverges(tmp_path: Path) -> None:
     assert any(record.get("train/loss", 0) is None for record in map(strict, lines))
 
 
+@pytest.mark.slow
 def test_checkpoint_frequency_does_not_change_training(reference_run: Path, tmp_path: Path) -> None:
     """Finding 8: saving every step (2 ranks) ends with the same weights, BN statistics and val loss."""
     args = ["train", *TINY, f"out_dir={tmp_path}", "name=often", "checkpoint.every_steps=1"]
@@ -484,6 +496,7 @@ def fill(disk: Path, leave_bytes: int) -> None:
         f.write(bytes(max(0, free - leave_bytes)))
 
 
+@pytest.mark.slow
 def test_disk_full_at_a_checkpoint_stops_every_rank_with_one_line(small_disk: Path, finished_run: Path) -> None:
     """Finding 5: 2 ranks, the disk fills up: one line per rank, exit 1, no hang, the last checkpoint intact."""
     shutil.copytree(finished_run, small_disk / RUN)
@@ -501,6 +514,7 @@ def test_disk_full_at_a_checkpoint_stops_every_rank_with_one_line(small_disk: Pa
     assert not list(last.parent.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_read_only_run_directory_is_one_line(small_disk: Path, finished_run: Path) -> None:
     """A run directory on a file system mounted read-only: one line, nothing changed."""
     shutil.copytree(finished_run, small_disk / RUN)
@@ -597,6 +611,7 @@ RANGE_CASES = [
 COMMANDS = ("sweep", "report", "unlock")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", RANGE_CASES, ids=[case.id for case in RANGE_CASES])
 def test_refused_before_any_work_is_one_line(case: Case, out: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Values and files refused before anything is read or written, by the command line in this process."""
@@ -617,6 +632,7 @@ def test_refused_before_any_work_is_one_line(case: Case, out: Path, capfd: pytes
     assert tree_hash(out) == before
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_records_is_one_line_naming_the_path(small_disk: Path) -> None:
     """The disk fills up while a new run writes its records (TensorBoard events, metrics.jsonl): one line naming
     what could not be written, no writer-thread traceback."""
@@ -626,6 +642,7 @@ def test_disk_full_while_writing_records_is_one_line_naming_the_path(small_disk:
     assert f"cannot write {small_disk / 'new'}" in line
 
 
+@pytest.mark.slow
 def test_disk_full_at_lock_creation_leaves_no_lock(small_disk: Path) -> None:
     """No room for the lock: one line, no run directory or empty .lock left; and an unreadable lock (an empty one
     from an older version) is what `dist-train unlock` removes."""
@@ -651,6 +668,7 @@ def rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_hung_peer_is_one_line_naming_it(tmp_path: Path) -> None:
     """Rank 1 stops (SIGSTOP) mid-run: rank 0 gives up after dist.timeout_s with one line naming rank 1 and the
     operation, not gloo's traceback."""

@@ -4,8 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO, assert_ok, run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_console_script_and_module_entry_point():

@@ -291,6 +291,7 @@ def test_fashion_mnist_missing_files_say_how_to_install(tmp_path: Path) -> None:
     check_splits(build_datasets(DataConfig(dataset="fashion_mnist", root=str(tmp_path))), 40, 20, 10, 1, 28)
 
 
+@pytest.mark.slow
 def test_fashion_mnist_missing_is_one_line_from_the_cli(tmp_path: Path) -> None:
     result = run_cli(["train", "--config", "configs/fashion_mnist_f1_sb.yaml", f"data.root={tmp_path / 'none'}"])
     assert result.returncode == 1

@@ -65,6 +65,8 @@ NOT_RUN_HERE = {
     "srun -N2 hostname": "on the running two-node cluster, by hand",
     "sinfo": "on the running cluster, by hand",
     "tensorboard --logdir runs/": "a server that runs until stopped",
+    # The test suite itself.
+    'python -m pytest -m "not slow"': "the suite's fast tier, a part of what .ci/run runs as python -m pytest",
 }
 """Commands shown but not run by the tests, by prefix, with the reason."""
 SHELL_ONLY = ("source", "cd", "export")
@@ -96,6 +98,7 @@ def mkdocs_build(root: Path, site: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_site_builds_strictly(tmp_path: Path) -> None:
     """``mkdocs build --strict``: every page, the generated config reference and the API reference."""
     require_docs()
@@ -115,6 +118,7 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
             assert f'id="{home}.{name}"' in api, f"{name} is not in the API reference"
 
 
+@pytest.mark.slow
 def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     """Strict mode is on: a link to a page that does not exist stops the build."""
     require_docs()
@@ -270,6 +274,7 @@ def test_every_command_shown_is_run_by_a_test() -> None:
     assert not set(NOT_RUN_HERE) - allowed, f"NOT_RUN_HERE entries no page shows: {set(NOT_RUN_HERE) - allowed}"
 
 
+@pytest.mark.slow
 def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     """The README's quickstart (2 processes, the whole recipe) ends as the README says: 192 steps."""
     assert QUICKSTART in (REPO / "README.md").read_text()
@@ -280,6 +285,7 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert re.search(r"done: val acc \d+\.\d+% after 192 steps", result.stdout), result.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_plan_example_is_what_a_fresh_clone_prints(tmp_path: Path) -> None:
     """The ``dist-train plan`` output shown in docs/papers/train-longer.md, line for line, from a checkout without
     the tests' MNIST fixture beside it (a fresh clone)."""

@@ -11,6 +11,8 @@ import pytest
 from conftest import TINY, run_cli
 from PIL import Image
 
+pytestmark = pytest.mark.slow
+
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if "dist-train: error:" in line]

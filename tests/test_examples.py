@@ -25,6 +25,7 @@ def own_model_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out / "own_model", result.stdout
 
 
+@pytest.mark.slow
 def test_own_model_trains_with_ghost_bn_and_four_views_on_two_ranks(own_model_run: tuple[Path, str]) -> None:
     run_dir, stdout = own_model_run
     assert "2 process(es)" in stdout and "examples/own_model/nets.py:build" in stdout and "ghost BN 16" in stdout
@@ -34,6 +35,7 @@ def test_own_model_trains_with_ghost_bn_and_four_views_on_two_ranks(own_model_ru
     assert "1.running_mean" in weights and "5.running_mean" in weights  # the user's BatchNorms, as Ghost BN
 
 
+@pytest.mark.slow
 def test_own_model_resumes(own_model_run: tuple[Path, str]) -> None:
     """A second epoch continues the run from its checkpoint (the plug-in is imported again)."""
     run_dir, _ = own_model_run
@@ -43,6 +45,7 @@ def test_own_model_resumes(own_model_run: tuple[Path, str]) -> None:
     assert "resumed from" in result.stdout and json.loads((run_dir / "summary.json").read_text())["steps"] == 32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", ["arrays", "folders"])
 def test_own_data_set_trains_through_the_cli(tmp_path: Path, answer: str) -> None:
     overrides = [f"data.dataset=examples/own_data/data.py:{answer}", "data.kwargs.train_size=256", "train.epochs=1"]
@@ -52,6 +55,7 @@ def test_own_data_set_trains_through_the_cli(tmp_path: Path, answer: str) -> Non
     assert summary["val_acc"] > 0.4  # 4 classes: chance is 0.25
 
 
+@pytest.mark.slow
 def test_python_api_script_under_torchrun(tmp_path: Path) -> None:
     command = [*torchrun_cmd(2), str(EXAMPLES / "api_script.py"), f"out_dir={tmp_path}"]
     result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -61,6 +65,7 @@ def test_python_api_script_under_torchrun(tmp_path: Path) -> None:
     assert "name: given:Sequential" in config and "dataset: given:ArraySplits" in config
 
 
+@pytest.mark.slow
 def test_plain_loop_uses_ghost_bn_and_batch_views_without_the_trainer() -> None:
     spec = importlib.util.spec_from_file_location("plain_loop", EXAMPLES / "plain_loop.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]

@@ -727,6 +727,7 @@ def test_bf16_input_precision_with_offset():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torch_compile_has_no_graph_breaks():
     """Training forward of a conv + Ghost BN under dynamo: one graph (running-statistics update included)."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), GhostBatchNorm2d(4, 4, momentum=None), nn.ReLU())
@@ -736,6 +737,7 @@ def test_torch_compile_has_no_graph_breaks():
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     torch.manual_seed(16)
     eager = nn.Sequential(nn.Conv2d(3, 4, 3), GhostBatchNorm2d(4, 4), nn.ReLU())

@@ -3,10 +3,13 @@
 import json
 import subprocess
 
+import pytest
 import torch
 from conftest import REPO, TINY, assert_ok, run_cli, subprocess_env, torchrun_cmd
 
 from dist_train.models import build_model
+
+pytestmark = pytest.mark.slow
 
 
 def test_buffers_stay_per_rank_then_average_to_the_mean(tmp_path):

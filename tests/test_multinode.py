@@ -178,6 +178,7 @@ def submit_two_by_two(out: Path, *overrides: str) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_two_node_job_trains_the_quickstart(cluster: list[str], tmp_path: Path) -> None:
     """4 ranks on 2 hosts (gloo over the bridge); one run directory written once, by rank 0; --wait prints the
     validation accuracy."""
@@ -200,6 +201,7 @@ PLUGINS = (
 )
 
 
+@pytest.mark.slow
 def test_two_node_job_imports_the_users_model_and_data_set(cluster: list[str], tmp_path: Path) -> None:
     """A model and a data set from the user's .py files, imported by every rank on both nodes."""
     dry = run_command(PLUGINS.replace(" --wait", " --dry-run"), f"out_dir={tmp_path}")
@@ -213,6 +215,7 @@ def test_two_node_job_imports_the_users_model_and_data_set(cluster: list[str], t
     assert start["hosts"] == ["node0", "node1"]
 
 
+@pytest.mark.slow
 def test_two_node_job_array_of_a_sweep(cluster: list[str], tmp_path: Path) -> None:
     """A sweep of 2 runs as one job array whose every task spans both nodes."""
     result = run_command(SWEEP, f"out_dir={tmp_path}")
@@ -286,6 +289,7 @@ def paused_long_job(tmp_path: Path) -> Iterator[tuple[str, Path, list[int]]]:
         subprocess.run(["scancel", job], capture_output=True)
 
 
+@pytest.mark.slow
 def test_time_limit_requeues_and_resumes(cluster: list[str], tmp_path: Path, long_reference: Path) -> None:
     """A 2-node job reaches its time limit: SLURM signals it (USR2, --signal-delay-s before the limit), submitit
     requeues it, and the requeued job resumes from its last checkpoint to the uninterrupted run's step count.
@@ -323,6 +327,7 @@ def step_daemons(job: str) -> list[str]:
     return found.stdout.split()
 
 
+@pytest.mark.slow
 def test_killed_slurmd_requeues_cleanly(cluster: list[str], tmp_path: Path, long_reference: Path) -> None:
     """node1's slurmd dies mid-run: SLURM sets the node down and requeues the job; no rank outlives the job by
     more than dist.timeout_s, the checkpoint stays readable, and once the node is back the job resumes and ends
@@ -415,6 +420,7 @@ def swap_run(cluster: list[str], tmp_path_factory: pytest.TempPathFactory) -> tu
     return run_dir, phase1, phase2
 
 
+@pytest.mark.slow
 def test_swap_replicas_train_one_per_node_without_crossing(swap_run: tuple[Path, int, int]) -> None:
     """Each replica is one node's two ranks; while they train, nothing but SLURM's heartbeats crosses the nodes
     (phase 1 sends every gradient across)."""
@@ -427,6 +433,7 @@ def test_swap_replicas_train_one_per_node_without_crossing(swap_run: tuple[Path,
     assert phase2 < 50_000, f"{phase2} bytes crossed the nodes during phase 2 (phase 1: {phase1})"
 
 
+@pytest.mark.slow
 def test_swap_average_is_the_mean_of_the_replicas(swap_run: tuple[Path, int, int]) -> None:
     """The averaged model's weights are the mean of the weights each replica saved at its end; phase 3 ran once."""
     run_dir, _, _ = swap_run
@@ -447,6 +454,7 @@ def test_swap_average_is_the_mean_of_the_replicas(swap_run: tuple[Path, int, int
     assert summary["sequential_steps"] == 2 * 16 + 4 * 32
 
 
+@pytest.mark.slow
 def test_requeued_swap_job_resumes_inside_phase2(swap_run: tuple[Path, int, int], tmp_path: Path) -> None:
     """`scontrol requeue` of the 2-node SWAP job while the replicas train: phase 1 is not redone, each replica
     resumes from its own checkpoint, and the average equals the uninterrupted job's."""
@@ -477,6 +485,7 @@ def test_requeued_swap_job_resumes_inside_phase2(swap_run: tuple[Path, int, int]
 # -- torchrun across namespaces -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [TORCHRUN, LAUNCH], ids=["torchrun", "launch-train-sh"])
 def test_torchrun_across_two_nodes_restarts_after_a_killed_worker(own_nodes: str, tmp_path: Path, command: str) -> None:
     """The README's two-node commands as written (c10d rendezvous at node0:29400, one process per node), run on

@@ -177,6 +177,7 @@ def test_both_answers_give_the_built_in_shapes_with_augmentation(example_data: s
         assert isinstance(data.train, MapImageDataset)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answer", ["arrays", "folders"])
 def test_both_answers_in_dali(dali: None, example_data: str, answer: str) -> None:
     from dist_train.data.dali import DaliEvalLoader, DaliTrainLoader
@@ -216,6 +217,7 @@ def test_recipes_are_found_by_name_from_any_directory(
     assert re.search(r"^quickstart +Quickstart: a small CNN", out, re.MULTILINE) and "\nmnist_f1_lb " in out
 
 
+@pytest.mark.slow
 def test_the_public_api_is_small_and_cheap_to_import() -> None:
     assert sorted(dist_train.__all__) == sorted(
         [

@@ -61,6 +61,7 @@ def tree_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_shards_are_webdataset_tars_that_dali_and_wds2idx_read(tree_shards: Path, tmp_path: Path) -> None:
     """The index is byte for byte wds2idx's; members have fixed metadata; DALI's own webdataset reader takes the
     shards and indices; a second run gives the same bytes."""
@@ -105,6 +106,7 @@ def test_shards_are_webdataset_tars_that_dali_and_wds2idx_read(tree_shards: Path
     assert digests(again) == digests(tree_shards)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_leaves_no_half_shard(tmp_path: Path) -> None:
     """SIGKILL while shards are being written: every file under a shard's name is complete, there is no
     manifest (the directory is not a data set yet); a new run finishes and clears the leftovers."""
@@ -133,6 +135,7 @@ def test_an_interrupted_run_leaves_no_half_shard(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_fashion_mnist_shards_give_the_in_memory_batches(tmp_path: Path, fashion_mnist: Path) -> None:
     """The torch loader over Fashion-MNIST shards yields the in-memory path's labels and pixels, batch for batch,
     on both ranks of 2, per epoch and across epochs."""
@@ -153,6 +156,7 @@ def test_fashion_mnist_shards_give_the_in_memory_batches(tmp_path: Path, fashion
         assert torch.equal(shards.val[i][0], memory.val[i][0]) and shards.val[i][1] == memory.val[i][1]
 
 
+@pytest.mark.slow
 def test_each_rank_reads_only_its_samples(tree_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rank reads exactly the samples of its micro-batches; a resumed epoch reads none of those before it."""
     from dist_train.data.shards import ShardReader
@@ -250,6 +254,7 @@ def test_bad_shards_give_one_line_naming_shard_and_sample(tmp_path: Path, kind: 
         assert fragment.format(folder) in message, message
 
 
+@pytest.mark.slow
 def test_dali_names_the_undecodable_sample(tmp_path: Path, dali: None) -> None:
     from dist_train.data.dali import DaliEvalLoader, DaliTrainLoader
     from dist_train.data.transforms import recipe_for
@@ -294,6 +299,7 @@ def run_until_mid_epoch_checkpoint(args: list[str], run_dir: Path) -> None:
     assert_ok(run_cli(["unlock", str(run_dir)]))  # the killed run could not release its lock
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_two_ranks_resume_exactly(
     tmp_path: Path, synthetic_shards: Path, backend: str, request: pytest.FixtureRequest
@@ -321,6 +327,7 @@ def test_two_ranks_resume_exactly(
     assert all(torch.equal(straight[k], cut[k]) for k in straight)
 
 
+@pytest.mark.slow
 def test_a_corrupt_sample_on_one_rank_stops_every_rank(tmp_path: Path, synthetic_shards: Path) -> None:
     """A sample that cannot be decoded, read by one rank in the second epoch: that rank names it, the other
     stops too (no hang); the checkpoint and records of the first epoch are left as they were."""

@@ -13,6 +13,8 @@ from test_multinode import cluster, submit_two_by_two  # noqa: F401 - cluster is
 from dist_train.config import load_config
 from dist_train.data.shard_writer import write_shards
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.usefixtures("cluster")
 @pytest.mark.parametrize("backend", ["torch", "dali"])

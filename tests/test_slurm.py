@@ -17,7 +17,7 @@ import torch
 from conftest import TINY, assert_ok, load_weights, read_metrics, run_cli, write_sweep
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-pytestmark = pytest.mark.usefixtures("slurm")
+pytestmark = [pytest.mark.usefixtures("slurm"), pytest.mark.slow]
 
 QUICKSTART = ["--config", "configs/quickstart.yaml", "device=cpu"]
 TWO_TASKS = ["--tasks-per-node", "2", "--time", "10"]

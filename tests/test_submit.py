@@ -89,6 +89,7 @@ NO_SLURM = {"PATH": path_without("srun", "sbatch", "sinfo")}
 """A laptop: no SLURM command on PATH, whatever this machine has."""
 
 
+@pytest.mark.slow
 def test_dry_run_of_a_gpu_job_needs_no_cluster(tmp_path: Path) -> None:
     """One task per GPU: 2 nodes × 4 GPUs is 8 ranks; nothing is submitted and nothing is written."""
     allocation = ["--nodes", "2", "--gpus-per-node", "4", "--setup", "module load cuda"]
@@ -104,6 +105,7 @@ def test_dry_run_of_a_gpu_job_needs_no_cluster(tmp_path: Path) -> None:
     assert "#SBATCH --job-name=cifar-bs4k" in renamed.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -125,6 +127,7 @@ def test_readme_dry_runs_work_on_a_laptop(tmp_path: Path, command: str) -> None:
     assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_needs_no_data_here(tmp_path: Path) -> None:
     """The README's cluster command, dry-run on a laptop: data.root is on the cluster's storage, not here."""
     command = "submit --config configs/cifar10_resnet20.yaml --nodes 2 --gpus-per-node 4 --time 4:00:00 --partition gpu"
@@ -135,6 +138,7 @@ def test_dry_run_needs_no_data_here(tmp_path: Path) -> None:
     assert not (tmp_path / "shared").exists()
 
 
+@pytest.mark.slow
 def test_sweep_dry_run_needs_no_cluster(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"optim.lr": [0.01, 0.1]})
     result = run_cli(["submit", "--sweep", str(path), "--nodes", "2", "--dry-run"], env=NO_SLURM)

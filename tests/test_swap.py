@@ -59,6 +59,7 @@ def two_nodes(tmp_path_factory):
     return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(4)]
 
 
+@pytest.mark.slow
 def test_phase2_replicas_are_independent(two_nodes):
     _, ranks = two_nodes
     assert [r["replica"] for r in ranks] == [0, 0, 1, 1]
@@ -68,6 +69,7 @@ def test_phase2_replicas_are_independent(two_nodes):
     assert all(r["world_calls"] == [] for r in ranks)  # no collective on the world group in phase 2
 
 
+@pytest.mark.slow
 def test_phase3_average_and_bn_recomputation(two_nodes):
     out, ranks = two_nodes
     expected = (ranks[0]["after2"] + ranks[2]["after2"]) / 2
@@ -95,6 +97,7 @@ def cpu_rank(rank: int, world_size: int) -> DistContext:
     return DistContext(rank, world_size, rank, torch.device("cpu"), "gloo")
 
 
+@pytest.mark.slow
 def test_bn_recompute_is_bounded_and_equals_update_bn():
     """swap.bn_recompute_batches unaugmented batches per rank from the run's loader; over the same batches,
     recompute_bn (one process) gives torch.optim.swa_utils.update_bn's statistics."""
@@ -117,6 +120,7 @@ def test_bn_recompute_is_bounded_and_equals_update_bn():
         torch.testing.assert_close(ours.to(theirs.dtype), theirs, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_plan_shows_the_bn_recompute():
     cfg = load_config(None, [*SWAP, "swap.bn_recompute_batches=4"])
     line = "SWAP phase 3 BN recompute: 4 batches × 32 = 128 images (25.0% of the training set)"
@@ -131,6 +135,7 @@ def test_plan_shows_the_bn_recompute():
     assert "SWAP phase 3 BN recompute: 16 batches × 32 = 512 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_swap_run_reports_phases_and_replicas(tmp_path):
     result = run_cli(["train", *SWAP, "swap.replica_size=1", f"out_dir={tmp_path}", "name=s"], nproc=2)
     assert_ok(result)
@@ -150,6 +155,7 @@ def test_swap_run_reports_phases_and_replicas(tmp_path):
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["val_acc"] == summary["val_acc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
@@ -209,6 +215,7 @@ def kill_during(tmp_path, metrics_dir: str) -> list[dict]:
     return [r for r in read_metrics(metrics) if r.get("event") == "start"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metrics_dir, epoch_steps", [(".", 16), ("phase2/replica0", 32)], ids=["phase1", "phase2"])
 def test_sigkill_resumes_inside_the_phase(tmp_path, uninterrupted, metrics_dir, epoch_steps):
     """SIGKILL a worker in phase 1 or 2 under torchrun --max-restarts=1: the same final model as without it."""

@@ -28,6 +28,8 @@ from conftest import (
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:

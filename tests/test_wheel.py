@@ -8,7 +8,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
 from conftest import REPO, assert_ok
+
+pytestmark = pytest.mark.slow
 
 
 def test_wheel_runs_the_quickstart_from_an_empty_directory(tmp_path: Path) -> None:
