@@ -80,6 +80,14 @@ def _process_start(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and only waits to be reaped (a SIGKILLed worker whose agent died too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def _alive(pid: int, started: str) -> bool:
     """Whether the process ``pid`` that started at ``started`` still runs on this host."""
     try:
@@ -88,6 +96,8 @@ def _alive(pid: int, started: str) -> bool:
         return False
     except PermissionError:
         pass
+    if _zombie(pid):
+        return False
     return not started or not _process_start(pid) or _process_start(pid) == started
 
 

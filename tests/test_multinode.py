@@ -390,6 +390,12 @@ def epochs_done(run_dir: Path, replica: int) -> int:
     return max((r["epoch"] for r in replica_records(run_dir, replica) if "val/acc" in r), default=0)
 
 
+def epochs_checkpointed(run_dir: Path, replica: int) -> int:
+    """The epoch of the replica's last checkpoint (written atomically, after the epoch's record)."""
+    path = run_dir / "phase2" / f"replica{replica}" / "checkpoints" / "last.pt"
+    return torch.load(path, weights_only=True)["epoch"] if path.exists() else 0
+
+
 @pytest.fixture(scope="module")
 def swap_run(cluster: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
     """An uninterrupted 2-node SWAP job, and the bytes that crossed the nodes' links in phase 1 and in phase 2
@@ -462,7 +468,7 @@ def test_requeued_swap_job_resumes_inside_phase2(swap_run: tuple[Path, int, int]
     job = job_id_of(run_command(SWAP, f"out_dir={tmp_path}"))
     run_dir = tmp_path / "quickstart"
     try:
-        wait_until(lambda: min(epochs_done(run_dir, r) for r in (0, 1)) >= 1, what="a phase-2 checkpoint")
+        wait_until(lambda: min(epochs_checkpointed(run_dir, r) for r in (0, 1)) >= 1, what="a phase-2 checkpoint")
         subprocess.run(["scontrol", "requeue", job], check=True)
         release_requeued(job)
         wait_until(lambda: job not in queued_jobs(), what=f"job {job} to finish")

@@ -64,6 +64,22 @@ def test_a_reused_pid_is_not_the_holder(tmp_path: Path) -> None:
         RunLock.acquire(tmp_path)
 
 
+def test_a_killed_holder_not_yet_reaped_is_not_alive(tmp_path: Path) -> None:
+    """A SIGKILLed worker whose agent died with it is a zombie until init reaps it: its lock is stale."""
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        process.kill()
+        deadline = time.monotonic() + 10
+        while "Z" not in Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        write_lock(tmp_path, pid=process.pid)
+        with pytest.raises(RunLockedError, match="is no longer running"):
+            RunLock.acquire(tmp_path)
+    finally:
+        process.wait()
+
+
 def test_config_changes_ignore_what_does_not_change_training() -> None:
     base = to_dict(load_config(None, ["optim.lr=0.1"]))
     free = to_dict(load_config(None, ["optim.lr=0.1", "train.log_every=3", "checkpoint.every_steps=5", "name=x"]))
