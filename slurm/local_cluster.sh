@@ -96,6 +96,12 @@ running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # Whether pid file $1 names a running process of program $2 (not another process that reuses the pid).
 running_as() { running "$1" && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$2" ]; }
 
+# A daemon ($1) exited at start: show the end of its log ($2), then stop with one line naming it.
+failed() {
+    tail -n 20 "$2" >&2 2>/dev/null || true
+    die "$1 did not start; the end of its log ($2) is above"
+}
+
 # Start the slurmd of node $1 (on this machine for a one-node cluster; in its namespace otherwise).
 start_slurmd() {
     local node=$1
@@ -123,7 +129,7 @@ start() {
     if running "$STATE/slurmctld.pid" && [ "$(node_names | wc -l)" != "$nodes" ]; then
         die "a cluster of $(node_names | wc -l) node(s) is running; run: sudo $0 stop"
     fi
-    ((nodes == 1)) || "$NODES_SH" up "$nodes" >/dev/null
+    ((nodes == 1)) || "$NODES_SH" up "$nodes" >/dev/null || die "could not make the $nodes node namespaces"
     write_conf "$nodes"
     if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
         [ -f /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
@@ -134,8 +140,8 @@ start() {
         munge -n | unmunge >/dev/null || die "munged does not answer"
         cp /run/munge/munged.pid "$STATE/munged.pid"  # ours to stop; a munged found running is left alone
     fi
-    running "$STATE/slurmctld.pid" || slurmctld
-    for node in $(node_names); do start_slurmd "$node"; done
+    running "$STATE/slurmctld.pid" || slurmctld || failed slurmctld "$LOGS/slurmctld.log"
+    for node in $(node_names); do start_slurmd "$node" || failed "slurmd of $node" "$LOGS/slurmd-$node.log"; done
     wait_idle 60
 }
 
