@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dist_train.distributed import local_torchrun
+from dist_train.local_launch import local_torchrun
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -55,7 +55,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from dist_train.config import SwapConfig
-from dist_train.distributed import distributed, local_torchrun
+from dist_train.distributed import distributed
+from dist_train.local_launch import local_torchrun
 from dist_train.models import build_model
 from dist_train.swap import average_parameters, recompute_bn
 from dist_train.train_state import seed_everything

@@ -23,8 +23,8 @@ from dist_train.callbacks import Callback
 from dist_train.config import Config, to_dict, to_yaml
 from dist_train.dashboard import describe_run, hosts_table, view_grid
 from dist_train.data import DatasetSplits, build_datasets
+from dist_train.data.batching import micro_batch_size
 from dist_train.data.build import build_training_loader, build_val_loader, training_copies
-from dist_train.data.loader import micro_batch_size
 from dist_train.distributed import DistContext, agree
 from dist_train.models import build_model
 from dist_train.monitor import Monitor, NullMonitor, check_records

@@ -20,6 +20,9 @@ from typing import Any
 import torch
 
 from dist_train.errors import CheckpointError, ResourceError, describe_os_error, one_line
+from dist_train.resume import LAST, find_resume
+
+__all__ = ["FIELD_TYPES", "LAST", "REQUIRED_KEYS", "atomic_save", "find_resume", "load"]
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step")
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -40,7 +43,6 @@ FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "epoch_progress": (dict, type(None)),
 }
 """The type of each top-level field a checkpoint may hold."""
-LAST = "last.pt"
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:
@@ -124,17 +126,3 @@ def load(path: str | Path) -> dict[str, Any]:
         if key in state and not isinstance(state[key], kind):
             raise CheckpointError(f"{path} is not a dist_train checkpoint: its '{key}' is {state[key]!r:.40}")
     return state
-
-
-def find_resume(resume: str, checkpoint_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``auto`` (the run's last.pt if any), ``never``, or a path."""
-    last = checkpoint_dir / LAST
-    if resume == "auto":
-        return last if last.exists() else None
-    if resume == "never":
-        if last.exists():
-            raise CheckpointError(
-                f"{last} exists and resume=never; pick another name=... or resume=auto to continue it"
-            )
-        return None
-    return Path(resume)

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 def describe_plan(cfg: Config, given_train_size: int = 0) -> str:
     """The plan table for ``cfg``; the training set is counted without loading it (see data/sizes.py)."""
     from dist_train.data.sizes import train_size
-    from dist_train.regime import format_plan, plan_from_config
+    from dist_train.regime import bn_recompute_plan, format_plan, plan_from_config
 
     if given_train_size < 0:
         raise ConfigError(f"--train-size must be at least 1, got {given_train_size}")
@@ -90,8 +90,6 @@ def describe_plan(cfg: Config, given_train_size: int = 0) -> str:
     ghost = f"ghost batch {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "plain BatchNorm"
     text = f"{header}\n{format_plan(plan_from_config(cfg, size.count))}\nbatch norm: {ghost}"
     if cfg.swap.enabled:
-        from dist_train.swap import bn_recompute_plan
-
         text += f"\n{bn_recompute_plan(cfg, size.count)}"
     return text
 

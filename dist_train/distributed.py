@@ -176,27 +176,6 @@ def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 60
             dist.destroy_process_group()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (for a rendezvous endpoint on this machine)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def local_torchrun(nproc: int, *args: str) -> list[str]:
-    """The command line of a one-machine torchrun job of ``nproc`` processes (c10d rendezvous on a free port),
-    through :mod:`dist_train.torchrun`: a failure ends in the workers' lines and one of torchrun's."""
-    return [
-        sys.executable,
-        "-m",
-        "dist_train.torchrun",
-        f"--nproc-per-node={nproc}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
-        *args,
-    ]
-
-
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

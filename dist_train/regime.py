@@ -61,7 +61,7 @@ import math
 from dataclasses import dataclass, replace
 
 from dist_train.config import Config, ScheduleConfig, check_plan_inputs, check_reference
-from dist_train.data.loader import steps_per_epoch as epoch_steps
+from dist_train.data.batching import steps_per_epoch as epoch_steps
 from dist_train.errors import ConfigError
 from dist_train.lr_rules import LR_RULES
 from dist_train.schedules import Schedule, milestone_steps, warmup_length
@@ -335,3 +335,13 @@ def format_plan(plan: Plan) -> str:
         line = f"{label:<{label_w}}  {a:>{ref_w}}  {b:>{run_w}}"
         lines.append(f"{line}   {note}" if note else line)
     return "\n".join(lines)
+
+
+def bn_recompute_plan(cfg: Config, train_size: int) -> str:
+    """The plan's line for phase 3: how many images the BN statistics are recomputed over."""
+    batch = cfg.data.batch_size // cfg.train.grad_accum_steps  # one micro-batch on every rank
+    whole = max(1, train_size // batch)
+    batches = min(cfg.swap.bn_recompute_batches or whole, whole)
+    share = f"{batches * batch / max(1, train_size):.1%} of the training set"
+    share = "the whole training set" if batches == whole else share
+    return f"SWAP phase 3 BN recompute: {batches} batches × {batch} = {batches * batch} images ({share})"

@@ -27,6 +27,7 @@ from dist_train.config import Config
 from dist_train.errors import ClusterError, ConfigError, DataError
 from dist_train.failures import failure_line, print_error
 from dist_train.plugins import check_imports
+from dist_train.resume import find_resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +139,13 @@ def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Conf
     """Check a run can start on the allocation, before submitting it; paths made absolute so the
     job finds them whatever its working directory. ``check_data=False`` (a dry run, perhaps on a
     laptop that does not mount the cluster's storage) leaves ``data.root`` unchecked."""
-    from dist_train import checkpoint  # torch: not for the parser (dist-train --help)
-    from dist_train.data.loader import micro_batch_size
+    from dist_train.data.batching import micro_batch_size
 
     micro_batch_size(cfg.data.batch_size, options.world_size, cfg.train.grad_accum_steps)
     if check_data and cfg.data.root and not cfg.data.download and not Path(cfg.data.root).exists():
         raise DataError(f"data.root not found: {cfg.data.root}")
     if cfg.resume == "never":
-        checkpoint.find_resume("never", cfg.run_dir / "checkpoints")
+        find_resume("never", cfg.run_dir / "checkpoints")
     elif cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume checkpoint not found: {cfg.resume}")
     check_imports({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset})

@@ -54,8 +54,8 @@ from dist_train import checkpoint
 from dist_train.assemble import build_trainer
 from dist_train.config import Config
 from dist_train.data import DatasetSplits, build_datasets
+from dist_train.data.batching import micro_batch_size
 from dist_train.data.build import build_training_loader, build_val_loader
-from dist_train.data.loader import micro_batch_size
 from dist_train.distributed import DistContext, agree, all_gather_objects, all_reduce_sum
 from dist_train.errors import ConfigError
 from dist_train.evaluate import evaluate
@@ -254,16 +254,6 @@ def unaugmented(cfg: Config) -> Config:
         train=replace(cfg.train, grad_accum_steps=1),
         checkpoint=replace(cfg.checkpoint, every_steps=0),
     )
-
-
-def bn_recompute_plan(cfg: Config, train_size: int) -> str:
-    """The plan's line for phase 3: how many images the BN statistics are recomputed over."""
-    batch = cfg.data.batch_size // cfg.train.grad_accum_steps  # one micro-batch on every rank
-    whole = max(1, train_size // batch)
-    batches = min(cfg.swap.bn_recompute_batches or whole, whole)
-    share = f"{batches * batch / max(1, train_size):.1%} of the training set"
-    share = "the whole training set" if batches == whole else share
-    return f"SWAP phase 3 BN recompute: {batches} batches × {batch} = {batches * batch} images ({share})"
 
 
 def bn_recompute_batches(cfg: Config, ctx: DistContext, data: DatasetSplits) -> Iterable[tuple[torch.Tensor, Any]]:

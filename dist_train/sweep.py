@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from dist_train.config import Config, check_name, load_config
-from dist_train.distributed import local_torchrun
 from dist_train.errors import ConfigError
+from dist_train.local_launch import local_torchrun
 from dist_train.yamlio import read_yaml_mapping
 
 SWEEP_KEYS = ("name", "config", "overrides", "grid")

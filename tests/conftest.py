@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from dist_train.distributed import free_port, local_torchrun  # noqa: F401 - free_port is shared with the tests
+from dist_train.local_launch import free_port, local_torchrun  # noqa: F401 - free_port is shared with the tests
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"

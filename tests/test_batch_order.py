@@ -12,7 +12,8 @@ from conftest import REPO, TINY, assert_ok, subprocess_env, torchrun_cmd
 
 from dist_train.assemble import build_trainer
 from dist_train.config import load_config
-from dist_train.data.loader import BatchOrder, steps_per_epoch
+from dist_train.data.batching import steps_per_epoch
+from dist_train.data.loader import BatchOrder
 from dist_train.distributed import distributed
 from dist_train.errors import ConfigError
 

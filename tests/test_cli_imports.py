@@ -1,6 +1,5 @@
-"""The commands that answer at once import only what they need: ``--help`` and ``recipes`` no torch at all,
-``plan`` and ``submit --dry-run`` neither torchvision nor DALI (each command in a fresh process; the wall times
-are bench/cli_speed.py's)."""
+"""The commands that answer at once import only what they need: ``--help``, ``recipes``, ``plan`` and
+``submit --dry-run`` no torch at all (each command in a fresh process; the wall times are bench/cli_speed.py's)."""
 
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
 
 HEAVY = ("torch", "torchvision", "nvidia.dali", "submitit")
 """What neither ``--help`` nor ``recipes`` needs."""
-IMAGES = ("torchvision", "nvidia.dali")
-"""What ``plan`` and a dry run need only for a data set that asks for them (quickstart's does not)."""
+TORCH = ("torch", "torchvision", "nvidia.dali")
+"""What ``plan`` and a dry run need only for a data set whose size must be counted by loading (a plug-in's)."""
 
 
 def imported(*args: str) -> list[str]:
@@ -54,12 +53,21 @@ def test_help_and_recipes_import_no_torch(args: list[str]) -> None:
     assert not loaded(imported(*args), HEAVY)
 
 
-def test_plan_imports_neither_torchvision_nor_dali() -> None:
-    assert not loaded(imported("plan", "--config", "configs/quickstart.yaml"), IMAGES)
+@pytest.mark.parametrize(
+    "config",
+    ["quickstart.yaml", "fashion_mnist_c1_lb_lr_gbn_ra.yaml", "cifar10_resnet20.yaml"],
+    ids=["quickstart", "fashion-mnist-ra", "cifar10"],
+)
+def test_plan_imports_no_torch(config: str) -> None:
+    assert not loaded(imported("plan", "--config", f"configs/{config}"), TORCH)
 
 
-def test_a_dry_run_imports_neither_torchvision_nor_dali(tmp_path: Path) -> None:
+def test_a_swap_plan_imports_no_torch() -> None:
+    assert not loaded(imported("plan", "--config", "configs/quickstart.yaml", "swap.enabled=true"), TORCH)
+
+
+def test_a_dry_run_imports_no_torch(tmp_path: Path) -> None:
     pytest.importorskip("submitit")
     args = ["submit", "--config", "configs/quickstart.yaml", "--dry-run", f"out_dir={tmp_path}/r"]
     modules = imported(*args)
-    assert "submitit" in modules and not loaded(modules, IMAGES)
+    assert "submitit" in modules and not loaded(modules, TORCH)

@@ -16,7 +16,8 @@ from dist_train.config import load_config
 from dist_train.data import build_datasets
 from dist_train.distributed import DistContext
 from dist_train.models import build_model
-from dist_train.swap import bn_recompute_batches, bn_recompute_plan, recompute_bn, unaugmented
+from dist_train.regime import bn_recompute_plan
+from dist_train.swap import bn_recompute_batches, recompute_bn, unaugmented
 
 SWAP = [
     *TINY,

@@ -182,6 +182,9 @@ class TrainConfig:
     """Evaluate every N epochs (and always after the last)."""
     log_every: int = bounded(20, low=1)
     """Log step metrics every N optimizer steps."""
+    rank_health: bool = True
+    """Gather every rank's pace at each log step (``ranks/*``) and name a straggler
+    (:mod:`dist_train.techniques.rank_health`)."""
     deterministic: bool = False
     """Ask for deterministic kernels (cuDNN); CPU runs are deterministic anyway."""
     stop_on_divergence: bool = True

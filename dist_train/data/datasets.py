@@ -6,8 +6,9 @@ from dist_train.config import DataConfig
 from dist_train.data.arrays import ImageArrays, TensorImageDataset, Transform, split
 from dist_train.data.catalog import DATASETS
 from dist_train.data.cifar import LAYOUTS, load_cifar
+from dist_train.data.idx_sets import IDX_SETS
 from dist_train.data.imagefolder import ImageFileDataset, load_imagefolder
-from dist_train.data.mnist import IDX_SETS, load_mnist
+from dist_train.data.mnist import load_mnist
 from dist_train.data.plugin import factory_splits
 from dist_train.data.shards import load_shards
 from dist_train.data.splits import DatasetSplits, subset_indices

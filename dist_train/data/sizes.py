@@ -16,8 +16,7 @@ from pathlib import Path
 
 from dist_train.config import DataConfig
 from dist_train.data.catalog import CATALOG
-from dist_train.data.imagefolder import load_imagefolder
-from dist_train.data.mnist import IDX_SETS, PAIRS, locate
+from dist_train.data.idx_sets import IDX_SETS, PAIRS, locate
 from dist_train.errors import DataError
 from dist_train.plugins import is_import_path
 
@@ -85,6 +84,8 @@ def train_size(cfg: DataConfig, given: int = 0) -> TrainSize:
         count = read_manifest(cfg.root)["splits"]["train"]["samples"]
         size = TrainSize(count, f"the manifest of the shards in {cfg.root}")
     elif cfg.dataset == "imagefolder" and cfg.root and Path(cfg.root).expanduser().is_dir():
+        from dist_train.data.imagefolder import load_imagefolder  # the file list only; torch with it
+
         train, _, _ = load_imagefolder(cfg.root, cfg.val_fraction, cfg.split_seed)
         size = TrainSize(len(train), f"counted from the file list of {cfg.root}")
     elif cfg.dataset in STANDARD_TRAIN_SIZES:

@@ -16,7 +16,8 @@ In synchronous data-parallel training every rank's step ends together (the gradi
 for the slowest), so step time and images/s are the job's; what sets a slow rank apart is what it
 waited for itself: its loader (``data_wait_s``).
 
-*Switch.* Always on (its cost is one small all-gather per log step, ``train.log_every``).
+*Switch.* ``train.rank_health`` (on by default; its cost is one small all-gather per log step,
+``train.log_every``).
 """
 
 from __future__ import annotations
@@ -177,5 +178,5 @@ class StragglerReport(Callback):
             trainer.monitor.text("ranks/stragglers", "\n\n".join(news), trainer.step)
 
 
-def build(facts: RunFacts) -> StragglerReport:
-    return StragglerReport(facts.ctx)
+def build(facts: RunFacts) -> StragglerReport | None:
+    return StragglerReport(facts.ctx) if facts.cfg.train.rank_health else None
