@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,49 @@ def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+
+def kill_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGKILL ``process`` (a session leader: start_new_session=True), its group and every descendant, and wait
+    until all have died. torchrun's agent starts each worker in a session of its own, so killing the agent's
+    group alone would leave the workers training."""
+    doomed = [process.pid, *_descendants(process.pid)]
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + timeout
+    while any(_state(pid) not in ("", "Z", "X") for pid in doomed):
+        assert time.monotonic() < deadline, f"processes of {process.pid} outlived SIGKILL by {timeout} s"
+        time.sleep(0.01)
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, ...); [] if it has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _state(pid: int) -> str:
+    fields = _stat(pid)
+    return fields[0] if fields else ""
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        if fields := _stat(entry.name):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, frontier = [], [root]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
 
 
 def assert_cutout_squares(images: torch.Tensor, side: int) -> None:

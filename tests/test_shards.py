@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, assert_ok, load_weights, read_metrics, run_cli, subprocess_env, torchrun_cmd
+from conftest import (
+    REPO,
+    TINY,
+    assert_ok,
+    kill_process_group,
+    load_weights,
+    read_metrics,
+    run_cli,
+    subprocess_env,
+    torchrun_cmd,
+)
 from PIL import Image
 from test_errors import error_lines
 
@@ -292,8 +301,7 @@ def run_until_mid_epoch_checkpoint(args: list[str], run_dir: Path) -> None:
     deadline = time.monotonic() + 180
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_process_group(process)
     progress = torch.load(last, weights_only=True)["epoch_progress"]
     assert progress is not None and progress["steps"] > 0
     assert_ok(run_cli(["unlock", str(run_dir)]))  # the killed run could not release its lock
