@@ -136,3 +136,8 @@ def test_the_techniques_a_config_switches_on_are_its_callbacks(tmp_path):
         trainer = build_trainer(plain, ctx)
         trainer.monitor.close()
     assert [type(c) for c in trainer.callbacks] == [GhostBN, StragglerReport]
+    quiet = load_config(None, [*TINY, f"out_dir={tmp_path}", "name=quiet", "train.rank_health=false"])
+    with distributed(quiet.device) as ctx:
+        trainer = build_trainer(quiet, ctx)
+        trainer.monitor.close()
+    assert [type(c) for c in trainer.callbacks] == [GhostBN]
