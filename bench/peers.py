@@ -256,7 +256,7 @@ def run_dist_train(nproc: int, recipe: str, overrides: list[str], out: str, name
 
 
 def loops(workload: Workload, monitors: bool, lightning: bool) -> dict[str, list[str]]:
-    """Each loop's extra dist_train overrides by name; the peers' names map to None-like empty lists."""
+    """Each loop by name, with the overrides a dist_train loop adds to the base (empty for the peers)."""
     names = {"plain": [], "dist_train": [], "dist_train tensor": ["data.backend=tensor"]}
     if lightning:
         names["lightning"] = []

@@ -30,6 +30,7 @@ from dist_train.models import build_model
 from dist_train.monitor import Monitor, NullMonitor, check_records
 from dist_train.optim import build_optimizer, build_scheduler
 from dist_train.regime import format_plan, plan_from_config
+from dist_train.resume import find_resume
 from dist_train.rundir import History, check_resume, recorded_config, remove_partial_writes, write_config
 from dist_train.techniques import RunFacts, build_callbacks
 from dist_train.train_state import seed_everything
@@ -93,7 +94,7 @@ class Resume:
 def read_resume(cfg: Config, ctx: DistContext) -> Resume:
     """The run's checkpoint to resume (``cfg.resume``), loaded safely and checked against this config."""
     run_dir = cfg.run_dir
-    path = checkpoint.find_resume(cfg.resume, run_dir / "checkpoints")
+    path = find_resume(cfg.resume, run_dir / "checkpoints")
     if path is None:  # a fresh start; a run directory that had a checkpoint still says what it trained
         recorded = recorded_config(run_dir)
         if recorded is None:

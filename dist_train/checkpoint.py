@@ -20,9 +20,6 @@ from typing import Any
 import torch
 
 from dist_train.errors import CheckpointError, ResourceError, describe_os_error, one_line
-from dist_train.resume import LAST, find_resume
-
-__all__ = ["FIELD_TYPES", "LAST", "REQUIRED_KEYS", "atomic_save", "find_resume", "load"]
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step")
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {

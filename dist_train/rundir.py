@@ -71,21 +71,18 @@ def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def process_stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, ...); [] if it has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _process_start(pid: int) -> str:
     """When process ``pid`` started (kernel clock ticks), to tell a reused pid from the holder; '' if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and only waits to be reaped (a SIGKILLed worker whose agent died too)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    fields = process_stat(pid)
+    return fields[19] if fields else ""
 
 
 def _alive(pid: int, started: str) -> bool:
@@ -96,9 +93,10 @@ def _alive(pid: int, started: str) -> bool:
         return False
     except PermissionError:
         pass
-    if _zombie(pid):
+    fields = process_stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # exited, not yet reaped (a SIGKILLed worker whose agent died too)
         return False
-    return not started or not _process_start(pid) or _process_start(pid) == started
+    return not started or not fields or fields[19] == started
 
 
 def current_job() -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dist_train.config import Config
+from dist_train.data.batching import micro_batch_size
 from dist_train.errors import ClusterError, ConfigError, DataError
 from dist_train.failures import failure_line, print_error
 from dist_train.plugins import check_imports
@@ -139,8 +140,6 @@ def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Conf
     """Check a run can start on the allocation, before submitting it; paths made absolute so the
     job finds them whatever its working directory. ``check_data=False`` (a dry run, perhaps on a
     laptop that does not mount the cluster's storage) leaves ``data.root`` unchecked."""
-    from dist_train.data.batching import micro_batch_size
-
     micro_batch_size(cfg.data.batch_size, options.world_size, cfg.train.grad_accum_steps)
     if check_data and cfg.data.root and not cfg.data.download and not Path(cfg.data.root).exists():
         raise DataError(f"data.root not found: {cfg.data.root}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_train import checkpoint, train_state
+from dist_train import resume, train_state
 from dist_train.callbacks import Callback
 from dist_train.config import Config
 from dist_train.data.contract import EvalLoader, TrainLoader
@@ -95,7 +95,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / checkpoint.LAST
+        return self.run_dir / "checkpoints" / resume.LAST
 
     def autocast(self) -> Any:
         if self.cfg.train.precision == "bf16":

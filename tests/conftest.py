@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from dist_train.local_launch import free_port, local_torchrun  # noqa: F401 - free_port is shared with the tests
+from dist_train.rundir import process_stat
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
@@ -93,16 +94,8 @@ def kill_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
-def _stat(pid: int | str) -> list[str]:
-    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, ...); [] if it has gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
 def _state(pid: int) -> str:
-    fields = _stat(pid)
+    fields = process_stat(pid)
     return fields[0] if fields else ""
 
 
@@ -110,7 +103,7 @@ def _descendants(root: int) -> list[int]:
     """Every process below ``root`` in the process tree."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
-        if fields := _stat(entry.name):
+        if fields := process_stat(entry.name):
             children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, frontier = [], [root]
     while frontier:

@@ -8,6 +8,7 @@ import torch
 
 from dist_train import checkpoint
 from dist_train.errors import CheckpointError
+from dist_train.resume import find_resume
 
 
 def state(value: float = 1.0) -> dict:
@@ -73,9 +74,9 @@ def test_unsafe_pickles_are_refused(tmp_path):
 
 
 def test_find_resume(tmp_path):
-    assert checkpoint.find_resume("auto", tmp_path) is None
+    assert find_resume("auto", tmp_path) is None
     checkpoint.atomic_save(state(), tmp_path / "last.pt")
-    assert checkpoint.find_resume("auto", tmp_path) == tmp_path / "last.pt"
+    assert find_resume("auto", tmp_path) == tmp_path / "last.pt"
     with pytest.raises(CheckpointError, match="resume=never"):
-        checkpoint.find_resume("never", tmp_path)
-    assert checkpoint.find_resume("/x/y.pt", tmp_path).name == "y.pt"
+        find_resume("never", tmp_path)
+    assert find_resume("/x/y.pt", tmp_path).name == "y.pt"

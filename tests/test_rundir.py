@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dist_train.config import load_config, to_dict
-from dist_train.rundir import LOCK, RunLock, RunLockedError, config_changes, current_job
+from dist_train.rundir import LOCK, RunLock, RunLockedError, config_changes, current_job, process_stat
 
 
 def dead_pid() -> int:
@@ -70,7 +70,7 @@ def test_a_killed_holder_not_yet_reaped_is_not_alive(tmp_path: Path) -> None:
     try:
         process.kill()
         deadline = time.monotonic() + 10
-        while "Z" not in Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+        while process_stat(process.pid)[0] != "Z":
             assert time.monotonic() < deadline, "the killed child never became a zombie"
             time.sleep(0.01)
         write_lock(tmp_path, pid=process.pid)
