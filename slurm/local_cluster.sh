@@ -156,7 +156,8 @@ wait_idle() {
             sinfo
             return 0
         fi
-        grep -E " (down|drain)" <<<"$states" | while read -r node _; do
+        # (grep finds no such node on most passes: under pipefail its status would end the script silently)
+        { grep -E " (down|drain)" <<<"$states" || true; } | while read -r node _; do
             scontrol update nodename="$node" state=resume 2>/dev/null || true
         done
         sleep 1
