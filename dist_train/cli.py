@@ -1,4 +1,4 @@
-"""Command line: ``dist-train train|config|plan|submit|sweep|shard|report``."""
+"""Command line: ``dist-train train|config|plan|submit|sweep|shard|report|noise|recipes|unlock``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help="training images (default: counted without loading them, or the standard set's size)",
             )
+            sub.add_argument(
+                "--noise-scale",
+                metavar="B|RUN_DIR",
+                help="a measured gradient noise scale (a number, or a run that measured one): also print the "
+                "predicted steps and samples at other batch sizes",
+            )
 
     text = "submit a run (--config) or a sweep (--sweep, as one job array) to SLURM with submitit"
     submit = commands.add_parser("submit", help=text, description=text)
@@ -61,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("--shard-size", default="256MiB", help="bytes per shard at most (default 256MiB)")
     shard.add_argument("overrides", nargs="*", metavar="key=value", help="data keys of the source, e.g. data.root=...")
 
+    text = "a run's measured gradient noise scale: the critical batch, and the predicted steps and samples at others"
+    noise = commands.add_parser("noise", help=text, description=text)
+    noise.add_argument("run_dir", metavar="RUN_DIR", help="a run trained with noise_scale.every_steps=N")
+    noise.add_argument("--batch-sizes", help="global batch sizes to predict, e.g. 64,256,1024 (default: powers of two)")
+
     text = "list the recipes installed with the package (--config NAME takes them by name)"
     commands.add_parser("recipes", help=text, description=text)
 
@@ -78,20 +89,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def describe_plan(cfg: Config, given_train_size: int = 0) -> str:
-    """The plan table for ``cfg``; the training set is counted without loading it (see data/sizes.py)."""
+def describe_plan(cfg: Config, given_train_size: int = 0, noise_scale: str | None = None) -> str:
+    """The plan table for ``cfg``; the training set is counted without loading it (see data/sizes.py). With
+    ``noise_scale`` (a number or a run directory), the steps and samples predicted at other batch sizes."""
+    from dist_train.batch_prediction import describe_prediction, given_noise_scale
     from dist_train.data.sizes import train_size
     from dist_train.regime import bn_recompute_plan, format_plan, plan_from_config
 
     if given_train_size < 0:
         raise ConfigError(f"--train-size must be at least 1, got {given_train_size}")
+    prediction = describe_prediction(given_noise_scale(noise_scale, cfg.data.batch_size)) if noise_scale else ""
     size = train_size(cfg.data, given_train_size)
     header = f"{cfg.name}: {cfg.model.name} on {cfg.data.dataset} ({size.count} training images: {size.source})"
     ghost = f"ghost batch {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "plain BatchNorm"
     text = f"{header}\n{format_plan(plan_from_config(cfg, size.count))}\nbatch norm: {ghost}"
     if cfg.swap.enabled:
         text += f"\n{bn_recompute_plan(cfg, size.count)}"
-    return text
+    return f"{text}\n{prediction}" if prediction else text
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -174,6 +188,14 @@ def shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def noise_prediction(args: argparse.Namespace) -> int:
+    from dist_train.batch_prediction import describe_prediction, parse_batches, read_measured
+
+    batches = parse_batches(args.batch_sizes) if args.batch_sizes else None
+    print(describe_prediction(read_measured(Path(args.run_dir)), batches))
+    return 0
+
+
 def list_recipes() -> int:
     from dist_train.named_configs import RECIPES, describe, recipe_names
 
@@ -217,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             return report(args)
         if args.command == "unlock":
             return unlock_runs(args)
+        if args.command == "noise":
+            return noise_prediction(args)
         if args.command == "recipes":
             return list_recipes()
         if args.command == "shard":
@@ -226,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(cfg), end="")
             return 0
         if args.command == "plan":
-            print(describe_plan(cfg, args.train_size))
+            print(describe_plan(cfg, args.train_size, args.noise_scale))
             return 0
         from dist_train.run import train  # heavy imports only when training
 

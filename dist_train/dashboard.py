@@ -4,8 +4,9 @@ the hosts table and the labelled grid of the training views.
 TensorBoard's Time Series tab groups cards by the tag's first part, sorts the groups by name (upper
 case before lower case) and opens the first two. The four numbers one looks for first are therefore
 also written under ``Overview/`` (:data:`OVERVIEW`), named so that they sort in this order: validation
-accuracy, training loss, learning rate, images/s. The CUSTOM SCALARS tab gets :data:`LAYOUT`: the same
-four, then every rank's pace on one chart per measure, then the weights' diffusion.
+accuracy, training loss, learning rate, the noise scale (when measured), images/s. The CUSTOM SCALARS tab
+gets :data:`LAYOUT`: the same four, then every rank's pace on one chart per measure, the weights' diffusion
+and the gradient noise scale.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ OVERVIEW = {
     "train/step_loss": "Overview/loss (train)",
     "train/lr": "Overview/lr",
     "ranks/images_per_s/total": "Overview/throughput (images per s)",
+    "noise/b_simple": "Overview/noise scale (B_simple)",
 }
 """Tags also written under ``Overview/``, the group the Time Series tab opens on, as the names they get there."""
 
@@ -50,6 +52,11 @@ LAYOUT = {
     "Diffusion": {
         "||w_t - w_0||": ["Multiline", [r"^diffusion/distance$"]],
         "per layer": ["Multiline", [r"^diffusion/layer/"]],
+    },
+    "Noise scale": {
+        "B_simple = tr(Σ) / |G|²": ["Multiline", [r"^noise/b_simple$"]],
+        "|G|² (each measurement, average)": ["Multiline", [r"^noise/grad_sq"]],
+        "tr(Σ) (each measurement, average)": ["Multiline", [r"^noise/trace_sigma"]],
     },
 }
 """The CUSTOM SCALARS tab: categories of charts, each a list of tag regular expressions."""

@@ -171,6 +171,8 @@ def distributed(device: str = "auto", backend: str = "auto", timeout_s: int = 60
             hosts, restarts = zip(*places, strict=True)  # type: ignore[arg-type]
             context = replace(context, hosts=tuple(hosts), restarts=max(restarts))
         yield context
+        if dist.is_initialized():  # leave together: a rank that tears its group down while a peer still holds
+            dist.barrier()  # its connections can die of SIGABRT at exit
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -38,6 +38,8 @@ def epoch_line(epoch: int, total_epochs: int, step: int, values: dict[str, float
     )
     if "val/acc" in values:
         line += f"val loss {values['val/loss']:.4f} acc {values['val/acc']:.2%} | "
+    if "noise/b_simple" in values:
+        line += f"noise scale {values['noise/b_simple']:.4g} | "
     return line + f"{values['train/images_per_s']:.0f} img/s | {values['train/epoch_time_s']:.1f}s"
 
 

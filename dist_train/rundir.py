@@ -59,6 +59,7 @@ FREE_KEYS = (
     "checkpoint.",
     "dist.",
     "diffusion.",
+    "noise_scale.",
 )
 """Config keys that may change between a run's attempts without changing what is trained."""
 

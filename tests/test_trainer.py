@@ -143,6 +143,31 @@ def test_steps_read_no_tensor_value_and_metrics_are_read_at_log_steps(tmp_path, 
     assert all(where.startswith("tolist at") for _, where in by_trainer)
 
 
+@pytest.mark.slow
+def test_the_noise_scale_reads_the_host_only_at_its_measured_steps(tmp_path):
+    """noise_scale.every_steps=5 (one process, 2 micro-batches): one read inside steps 5, 10 and 15, from the
+    measurement itself, and none in the other steps."""
+    overrides = ["train.epochs=1", "train.grad_accum_steps=2", "noise_scale.every_steps=5", f"out_dir={tmp_path}"]
+    cfg = load_config(None, [*TINY, *overrides])
+    with distributed(cfg.device) as ctx:
+        trainer = build_trainer(cfg, ctx)
+        in_steps: list[tuple[int, list]] = []
+
+        def guard() -> HostReadCounter:
+            counter = HostReadCounter(lambda: trainer.step)
+            in_steps.append((trainer.step + 1, counter.reads))
+            return counter
+
+        trainer.step_guard = guard
+        try:
+            trainer.train_epoch(0)
+        finally:
+            trainer.monitor.close()
+    read = {step: reads for step, reads in in_steps if reads}
+    assert sorted(read) == [5, 10, 15]
+    assert all(len(reads) == 1 and "noise_scale.py" in reads[0][1] for reads in read.values()), read
+
+
 def test_host_read_counter_sees_every_kind_of_read():
     t, flag = torch.tensor([1.5]), torch.tensor(True)
     with HostReadCounter(lambda: "here") as counter:

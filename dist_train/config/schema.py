@@ -235,6 +235,18 @@ class DiffusionConfig:
 
 
 @dataclass
+class NoiseScaleConfig:
+    """The gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018), measured from the gradients
+    data-parallel training already has: each rank's (or micro-batch's) before the all-reduce, the reduced one after."""
+
+    every_steps: int = bounded(0, low=0)
+    """Measure every N optimizer steps; 0 = off. Between measurements it costs nothing."""
+    ema_decay: float = bounded(0.95, low=0.0, high=1.0, high_open=True)
+    """Decay of the moving averages of |G|² and tr(Σ), per measurement (bias-corrected); B_simple is the ratio
+    of the two averages. 0 = each measurement on its own."""
+
+
+@dataclass
 class SwapPhase2Config:
     """SWAP phase 2: every replica refines its own copy with a small batch."""
 
@@ -332,6 +344,7 @@ class Config:
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     bn: BNConfig = field(default_factory=BNConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    noise_scale: NoiseScaleConfig = field(default_factory=NoiseScaleConfig)
     swap: SwapConfig = field(default_factory=SwapConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
