@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dist_train.errors import DistTrainError
-from dist_train.yamlio import read_yaml_mapping
+from dist_train.rundir import recorded_config
 
 SUMMARY_KEY = "noise_scale"
 """The key of the measurement in a run's summary.json."""
+NOT_MEASURED = "no gradient noise scale measured (train it with noise_scale.every_steps=N, e.g. 20)"
 
 
 def estimates(b_small: float, sq_small: float, b_big: float, sq_big: float) -> tuple[float, float]:
@@ -83,25 +84,22 @@ class Measured:
 
 def read_measured(run_dir: Path) -> Measured:
     """The noise scale a run measured: from its summary.json, or, while it runs, from its metrics.jsonl."""
+    config = recorded_config(run_dir)
+    if config is None:
+        raise DistTrainError(f"{run_dir}: {NOT_MEASURED}")
     summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
-    if summary.is_file():
-        record = json.loads(summary.read_text()).get(SUMMARY_KEY)
-        if record and record.get("per_epoch"):
-            per_epoch = [(int(e), float(v)) for e, v in record["per_epoch"]]
-            return Measured(per_epoch[-1][1], per_epoch[-1][0], int(record["batch"]), per_epoch)
-    if metrics.is_file() and (run_dir / "config.yaml").is_file():  # a run still training: its epoch records
-        per_epoch: dict[int, float] = {}
-        for line in metrics.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if "noise/b_simple" in row and "epoch" in row and "train/loss" in row:
-                per_epoch[int(row["epoch"])] = float(row["noise/b_simple"])
-        if per_epoch:
-            config = read_yaml_mapping(run_dir / "config.yaml", "run config", "a mapping of sections")
-            epochs = sorted(per_epoch.items())
-            return Measured(epochs[-1][1], epochs[-1][0], int(config["data"]["batch_size"]), epochs)
-    raise DistTrainError(
-        f"{run_dir}: no gradient noise scale measured (train it with noise_scale.every_steps=N, e.g. 20)"
-    )
+    record = (json.loads(summary.read_text()) if summary.is_file() else {}).get(SUMMARY_KEY) or {}
+    per_epoch = [(int(e), float(v)) for e, v in record.get("per_epoch", [])]
+    if not per_epoch and metrics.is_file():  # a run still training: its epoch records
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        epochs = {
+            int(r["epoch"]): float(r["noise/b_simple"]) for r in rows if "noise/b_simple" in r and "train/loss" in r
+        }
+        per_epoch = sorted(epochs.items())
+    if not per_epoch:
+        raise DistTrainError(f"{run_dir}: {NOT_MEASURED}")
+    epoch, b_simple = per_epoch[-1]
+    return Measured(b_simple, epoch, int(record.get("batch", config["data"]["batch_size"])), per_epoch)
 
 
 def describe_prediction(measured: Measured, batches: list[int] | None = None) -> str:
@@ -120,10 +118,10 @@ def given_noise_scale(value: str, batch: int) -> Measured:
     try:
         number = float(value)
     except ValueError:
-        measured = read_measured(Path(value)) if Path(value).is_dir() else None
-        if measured is None:
+        if not Path(value).is_dir():
             raise DistTrainError(f"--noise-scale {value!r}: neither a number nor a run directory") from None
-        return Measured(measured.b_simple, measured.epoch, batch or measured.batch, measured.per_epoch)
+        measured = read_measured(Path(value))
+        return replace(measured, batch=batch or measured.batch)
     if not (math.isfinite(number) and number > 0):
         raise DistTrainError(f"--noise-scale must be a positive number, got {value}")
     return Measured(number, 0, batch, [])

@@ -62,8 +62,8 @@ class Average:
 
 
 def squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Σ |t|² over ``tensors``, in fp32, on their device (nothing read)."""
-    return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32).square() for t in tensors]).sum()
+    """Σ |t|² over ``tensors``, on their device (nothing read: as the clipping's norm, see grad_clip.py)."""
+    return nn.utils.get_total_norm(tensors).square()
 
 
 class NoiseScale(Callback):
