@@ -68,6 +68,9 @@ MONITORS = {
     "+ diffusion": ("diffusion.every_steps={recipe}",),
     "+ grad clipping": ("train.grad_clip_norm=5.0",),
     "- rank health": ("train.rank_health=false",),
+    # The noise scale needs 2+ ranks here (no accumulation): at 1 rank it says so and measures nothing.
+    "+ noise scale /20": ("noise_scale.every_steps=20",),
+    "+ noise scale /1": ("noise_scale.every_steps=1",),
 }
 """The optional monitors priced by ``--monitors``: dist_train with one of them switched from the base."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import sys
 import threading
@@ -39,7 +40,9 @@ def epoch_line(epoch: int, total_epochs: int, step: int, values: dict[str, float
     if "val/acc" in values:
         line += f"val loss {values['val/loss']:.4f} acc {values['val/acc']:.2%} | "
     if "noise/b_simple" in values:
-        line += f"noise scale {values['noise/b_simple']:.4g} | "
+        b_simple = values["noise/b_simple"]
+        # nan: the averaged |G|² is not above 0, the gradient lost in its noise at the measured batch sizes
+        line += f"noise scale {b_simple:.4g} | " if math.isfinite(b_simple) else "noise scale unresolved (|G|² ≤ 0) | "
     return line + f"{values['train/images_per_s']:.0f} img/s | {values['train/epoch_time_s']:.1f}s"
 
 

@@ -247,6 +247,17 @@ class NoiseScaleConfig:
 
 
 @dataclass
+class TargetConfig:
+    """Train to a target (time-to-target runs, steps-to-target sweeps): end the run after the first epoch
+    that reaches one (:mod:`dist_train.techniques.target`); ``train.epochs`` stays the limit."""
+
+    train_loss: float = bounded(0.0, low=0.0)
+    """Stop after the first epoch whose mean training loss is at or below this; 0 = no loss target."""
+    train_acc: float = bounded(0.0, low=0.0, high=1.0)
+    """Stop after the first epoch whose training accuracy is at or above this; 0 = no accuracy target."""
+
+
+@dataclass
 class SwapPhase2Config:
     """SWAP phase 2: every replica refines its own copy with a small batch."""
 
@@ -345,6 +356,7 @@ class Config:
     bn: BNConfig = field(default_factory=BNConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     noise_scale: NoiseScaleConfig = field(default_factory=NoiseScaleConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
     swap: SwapConfig = field(default_factory=SwapConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)

@@ -15,7 +15,7 @@ from dist_train.callbacks import Callback
 from dist_train.config import Config
 from dist_train.distributed import DistContext
 from dist_train.regime import Plan
-from dist_train.techniques import diffusion, ghost_bn, noise_scale, rank_health
+from dist_train.techniques import diffusion, ghost_bn, noise_scale, rank_health, target
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ TECHNIQUES: tuple[Technique, ...] = (
     Technique("weight_diffusion", "diffusion", "dist_train.techniques.diffusion", diffusion.build),
     Technique("swap", "swap", "dist_train.swap"),  # phase 1 adds dist_train.techniques.swap_stop's callback
     Technique("rank_health", "train", "dist_train.techniques.rank_health", rank_health.build),
+    Technique("train_to_target", "target", "dist_train.techniques.target", target.build),
     # Last: its step_batches wrapper must be the outermost, seeing each micro-batch as train_step takes it.
     Technique("noise_scale", "noise_scale", "dist_train.techniques.noise_scale", noise_scale.build),
 )
