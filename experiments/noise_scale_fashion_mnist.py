@@ -182,7 +182,7 @@ def steps_to_target(run_dir: Path, batch: int) -> int | None:
 
 def sweep_results(work: Path, smoke: bool) -> dict[int, list[dict[str, Any]]]:
     """Part (b)'s sweep (``dist-train sweep``, resumable), then every run's steps to the target by batch size."""
-    extra = ["data.train_subset=2048", "train.epochs=2"] if smoke else []
+    extra = ["data.train_subset=8192", "train.epochs=2"] if smoke else []  # 8,192: one batch of 4,096 twice
     command = [sys.executable, "-m", "dist_train", "sweep", str(SWEEP), f"out_dir={work}", *extra]
     subprocess.run(command, check=True, cwd=REPO)
     by_batch: dict[int, list[dict[str, Any]]] = {}
@@ -240,6 +240,8 @@ def steps_table(by_batch: dict[int, list[dict[str, Any]]], b_simple: float) -> t
     }
     reached = {b: r for b, r in best.items() if r}
     batches, steps = list(reached), [r["steps"] for r in reached.values()]
+    if len(batches) < 2:
+        raise SystemExit(f"only {len(batches)} batch size(s) reached the training loss {TARGET}: nothing to fit")
     s_min, _ = fit(batches, steps, b_simple)
     free_s_min, free_noise = fit(batches, steps)
     lines = [
@@ -344,6 +346,9 @@ def main() -> None:
         raw["over_training"] = {
             m: [{k: r[k] for k in ("epochs_seen", "val_acc")} for r in rs] for m, rs in results.items()
         }
+    if args.smoke:  # its 2-epoch runs on 8,192 images get nowhere near the real target: check the code path
+        global TARGET
+        TARGET = 1.5
     if args.part in ("all", "steps-to-target"):
         over = raw.get("over_training") or json.loads((args.out / f"{STEM}.json").read_text())["over_training"]
         table, raw["steps_to_target"] = steps_table(
