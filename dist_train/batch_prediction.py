@@ -89,11 +89,14 @@ def read_measured(run_dir: Path) -> Measured:
         raise DistTrainError(f"{run_dir}: {NOT_MEASURED}")
     summary, metrics = run_dir / "summary.json", run_dir / "metrics.jsonl"
     record = (json.loads(summary.read_text()) if summary.is_file() else {}).get(SUMMARY_KEY) or {}
-    per_epoch = [(int(e), float(v)) for e, v in record.get("per_epoch", [])]
+    # null: an epoch whose averaged |G|² was not above 0 (unresolved); the prediction uses the last resolved one
+    per_epoch = [(int(e), float(v)) for e, v in record.get("per_epoch", []) if v is not None]
     if not per_epoch and metrics.is_file():  # a run still training: its epoch records
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         epochs = {
-            int(r["epoch"]): float(r["noise/b_simple"]) for r in rows if "noise/b_simple" in r and "train/loss" in r
+            int(r["epoch"]): float(r["noise/b_simple"])
+            for r in rows
+            if r.get("noise/b_simple") is not None and "train/loss" in r
         }
         per_epoch = sorted(epochs.items())
     if not per_epoch:

@@ -235,3 +235,13 @@ def test_the_documented_commands_measure_and_predict(tmp_path):
     prediction = run_cli(["noise", "runs/quickstart"], cwd=tmp_path)
     assert_ok(prediction)
     assert prediction.stdout.startswith("critical batch ≈ ") and "<- this run" in prediction.stdout
+
+
+def test_the_prediction_skips_epochs_whose_noise_scale_was_unresolved(tmp_path):
+    """An epoch whose averaged |G|² was ≤ 0 is null in summary.json: the prediction uses the last resolved one."""
+    (tmp_path / "config.yaml").write_text("data:\n  batch_size: 128\n")
+    per_epoch = [[1, 120.0], [2, 480.0], [3, None]]
+    (tmp_path / "summary.json").write_text(json.dumps({"noise_scale": {"batch": 128, "per_epoch": per_epoch}}))
+    result = run_cli(["noise", str(tmp_path)])
+    assert_ok(result)
+    assert result.stdout.splitlines()[0] == "critical batch ≈ 480 at epoch 2 (this run's batch: 128)"
