@@ -47,6 +47,8 @@ ACCUM = 4
 SWEEP = REPO / "configs" / "sweeps" / "fashion_mnist_noise_scale.yaml"
 TARGET = 0.40
 """The training-loss target of (b) (the sweep's ``target.train_loss``)."""
+SMOKE_TARGET = 1.5
+"""``--smoke``'s target: its 2-epoch runs on 8,192 images get nowhere near ``TARGET``."""
 WINDOW = 4096
 """Images over which (b) averages the logged step losses before comparing them with the target."""
 
@@ -167,20 +169,20 @@ def over_training_plot(results: dict[str, list[dict[str, Any]]], path: Path) -> 
     plt.close(figure)
 
 
-def steps_to_target(run_dir: Path, batch: int) -> int | None:
-    """The first step whose loss, averaged over the last ``WINDOW`` images' steps, is at or below ``TARGET``."""
+def steps_to_target(run_dir: Path, batch: int, target: float) -> int | None:
+    """The first step whose loss, averaged over the last ``WINDOW`` images' steps, is at or below ``target``."""
     losses = [r["train/step_loss"] for r in read_records(run_dir) if "train/step_loss" in r]
     window = math.ceil(WINDOW / batch)
     total = sum(losses[:window])
     for step in range(window, len(losses) + 1):
         if step > window:
             total += losses[step - 1] - losses[step - 1 - window]
-        if total / window <= TARGET:
+        if total / window <= target:
             return step
     return None
 
 
-def sweep_results(work: Path, smoke: bool) -> dict[int, list[dict[str, Any]]]:
+def sweep_results(work: Path, smoke: bool, target: float) -> dict[int, list[dict[str, Any]]]:
     """Part (b)'s sweep (``dist-train sweep``, resumable), then every run's steps to the target by batch size."""
     extra = ["data.train_subset=8192", "train.epochs=2"] if smoke else []  # 8,192: one batch of 4,096 twice
     command = [sys.executable, "-m", "dist_train", "sweep", str(SWEEP), f"out_dir={work}", *extra]
@@ -189,7 +191,7 @@ def sweep_results(work: Path, smoke: bool) -> dict[int, list[dict[str, Any]]]:
     for summary_path in sorted((work / SWEEP.stem).glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
         batch = summary["batch_size"]
-        steps = steps_to_target(summary_path.parent, batch)
+        steps = steps_to_target(summary_path.parent, batch, target)
         row = {"lr": summary["lr"], "steps": steps, "epochs": summary["epochs"], "diverged": summary.get("diverged")}
         by_batch.setdefault(batch, []).append(row)
     return dict(sorted(by_batch.items()))
@@ -213,19 +215,19 @@ def fit(batches: list[int], steps: list[int], b_noise: float | None = None) -> t
     return s_min(best), best
 
 
-def measured_b_simple(over: dict[str, list[dict[str, Any]]]) -> float:
-    """F1's B_simple from (a) where its training loss crosses ``TARGET`` (log-interpolated between epochs, mean
+def measured_b_simple(over: dict[str, list[dict[str, Any]]], target: float) -> float:
+    """F1's B_simple from (a) where its training loss crosses ``target`` (log-interpolated between epochs, mean
     over seeds)."""
     values = []
     for summary in over["F1"]:
         epochs = summary["epochs_seen"]
         for (_, loss_a, b_a), (_, loss_b, b_b) in itertools.pairwise(epochs):
-            if loss_a >= TARGET >= loss_b:
-                share = (loss_a - TARGET) / (loss_a - loss_b)
+            if loss_a >= target >= loss_b:
+                share = (loss_a - target) / (loss_a - loss_b)
                 values.append(math.exp(math.log(b_a) + share * (math.log(b_b) - math.log(b_a))))
                 break
         else:
-            values.append(epochs[-1][2] if epochs[-1][1] > TARGET else epochs[0][2])
+            values.append(epochs[-1][2] if epochs[-1][1] > target else epochs[0][2])
     return statistics.mean(values)
 
 
@@ -234,18 +236,18 @@ def best_run(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min((r for r in rows if r["steps"]), key=lambda r: r["steps"], default=None)
 
 
-def steps_table(by_batch: dict[int, list[dict[str, Any]]], b_simple: float) -> tuple[str, dict[str, Any]]:
-    best = {
-        b: min((r for r in rows if r["steps"]), key=lambda r: r["steps"], default=None) for b, rows in by_batch.items()
-    }
+def steps_table(
+    by_batch: dict[int, list[dict[str, Any]]], b_simple: float, target: float
+) -> tuple[str, dict[str, Any]]:
+    best = {b: best_run(rows) for b, rows in by_batch.items()}
     reached = {b: r for b, r in best.items() if r}
     batches, steps = list(reached), [r["steps"] for r in reached.values()]
     if len(batches) < 2:
-        raise SystemExit(f"only {len(batches)} batch size(s) reached the training loss {TARGET}: nothing to fit")
+        raise SystemExit(f"only {len(batches)} batch size(s) reached the training loss {target}: nothing to fit")
     s_min, _ = fit(batches, steps, b_simple)
     free_s_min, free_noise = fit(batches, steps)
     lines = [
-        f"### (b) Steps to a training loss of {TARGET} (F1, constant lr, best of {len(next(iter(by_batch.values())))} "
+        f"### (b) Steps to a training loss of {target} (F1, constant lr, best of {len(next(iter(by_batch.values())))} "
         "learning rates per batch)",
         "",
         f"Measured B_simple where (a)'s F1 runs cross the target: **{b_simple:.0f}**. Predicted: S = S_min (1 + "
@@ -291,6 +293,7 @@ def steps_table(by_batch: dict[int, list[dict[str, Any]]], b_simple: float) -> t
         f"{free_noise / b_simple:.2f}×).",
     ]
     raw = {"by_batch": by_batch, "b_simple": b_simple, "s_min": s_min, "free_fit": [free_s_min, free_noise]}
+    raw["target"] = target
     return "\n".join(lines) + "\n", raw
 
 
@@ -303,9 +306,7 @@ def steps_plot(raw: dict[str, Any], path: Path) -> None:
         for row in by_batch[batch]:
             if row["steps"]:
                 steps_axis.scatter(batch, row["steps"], color="grey", alpha=0.35, s=12)
-    best = {
-        b: min(r["steps"] for r in by_batch[b] if r["steps"]) for b in batches if any(r["steps"] for r in by_batch[b])
-    }
+    best = {b: row["steps"] for b in batches if (row := best_run(by_batch[b]))}
     grid = [2 ** (k / 8) for k in range(8 * 4, 8 * 13)]
     steps_axis.plot(list(best), list(best.values()), "o", color="black", label="measured (best lr)")
     steps_axis.plot(
@@ -321,7 +322,7 @@ def steps_plot(raw: dict[str, Any], path: Path) -> None:
         axis.set(xscale="log", yscale="log", xlabel="batch size", ylabel=label)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
-    steps_axis.set_title(f"Steps to training loss {TARGET} (F1, Fashion-MNIST)")
+    steps_axis.set_title(f"Steps to training loss {raw['target']} (F1, Fashion-MNIST)")
     samples_axis.set_title("Samples to the same target")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -346,14 +347,11 @@ def main() -> None:
         raw["over_training"] = {
             m: [{k: r[k] for k in ("epochs_seen", "val_acc")} for r in rs] for m, rs in results.items()
         }
-    if args.smoke:  # its 2-epoch runs on 8,192 images get nowhere near the real target: check the code path
-        global TARGET
-        TARGET = 1.5
     if args.part in ("all", "steps-to-target"):
         over = raw.get("over_training") or json.loads((args.out / f"{STEM}.json").read_text())["over_training"]
-        table, raw["steps_to_target"] = steps_table(
-            sweep_results(args.runs / STEM, args.smoke), measured_b_simple(over)
-        )
+        target = SMOKE_TARGET if args.smoke else TARGET
+        by_batch = sweep_results(args.runs / STEM, args.smoke, target)
+        table, raw["steps_to_target"] = steps_table(by_batch, measured_b_simple(over, target), target)
         steps_plot(raw["steps_to_target"], args.out / f"{STEM}_steps.png")
         text.append(table)
         raw.setdefault("over_training", over)
