@@ -105,7 +105,10 @@ def _read_failure(error: BaseException) -> str:
         found = re.search(r"GLOBAL ([\w.]+)", text)
         what = f" ({found.group(1)})" if found else ""
         return f"it holds objects that a checkpoint never holds{what}; refused without loading them"
-    return text.splitlines()[0] if text else type(error).__name__
+    if "failed finding central directory" in text or isinstance(error, EOFError):
+        return "the file is truncated or corrupted (an interrupted write or copy); use another checkpoint"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first.split(". This is an internal")[0]
 
 
 def load(path: str | Path) -> dict[str, Any]:

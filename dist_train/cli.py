@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 from dist_train import slurm
@@ -201,8 +203,10 @@ def list_recipes() -> int:
 
     names = recipe_names()
     width = max(map(len, names), default=0)
+    columns = max(shutil.get_terminal_size().columns, width + 40)
     for name in names:
-        print(f"{name:<{width}}  {describe(name)}")
+        wrapped = textwrap.wrap(describe(name), columns - width - 2) or [""]
+        print(f"{name:<{width}}  {wrapped[0]}", *(f"{'':<{width}}  {line}" for line in wrapped[1:]), sep="\n")
     print(f"({len(names)} recipes in {RECIPES.resolve()}; use one with --config NAME)")
     return 0
 
@@ -256,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
 
         train(cfg)
         return 0
+    except BrokenPipeError:  # the reader left (``dist-train recipes | head``): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Terminated as e:  # every rank stops at the same step; rank 0 says where
         if os.environ.get("RANK", "0") == "0":
             print(f"dist-train: {e}", file=sys.stderr, flush=True)

@@ -82,6 +82,19 @@ def labelled_rows(grid: torch.Tensor, names: Sequence[str], scale: int = 3, marg
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
+def count(n: int) -> str:
+    """``n`` to three significant digits with a k/M/B suffix (``23.4k``, ``1.46M``; below 1,000 as it is)."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def describe_run(
     cfg: Config, ctx: DistContext, model: nn.Module, data: DatasetSplits, loader: TrainLoader, plan: Plan
 ) -> str:
@@ -91,10 +104,10 @@ def describe_run(
     on_hosts = f"{len(hosts)} hosts ({', '.join(hosts[:4])}{', ...' * (len(hosts) > 4)}) | " if len(hosts) > 1 else ""
     return (
         f"run {cfg.run_dir} | {ctx.world_size} process(es), {ctx.backend} on {ctx.device.type} | "
-        f"{on_hosts}{cfg.model.name} ({parameters / 1e6:.2f}M params) | "
+        f"{on_hosts}{cfg.model.name} ({count(parameters)} params) | "
         f"{len(data.train)} train / {len(data.val)} val | "
         f"batch {cfg.data.batch_size} ({loader.order.micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
-        f"{plan.epochs} epochs × {loader.steps_per_epoch} steps | lr {plan.lr:.4g}"
+        f"{plural(plan.epochs, 'epoch')} × {plural(loader.steps_per_epoch, 'step')} | lr {plan.lr:.4g}"
         + (f" | ghost BN {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "")
     )
 

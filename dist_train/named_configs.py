@@ -6,6 +6,7 @@ link to ``../configs`` in a checkout, the files themselves in a built wheel), so
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -16,12 +17,20 @@ def recipe_names() -> list[str]:
     return sorted(path.stem for path in RECIPES.glob("*.yaml")) if RECIPES.is_dir() else []
 
 
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.(?=\s+[A-Z(]|$)")
+"""A full stop ending a sentence (not the one of ``et al.``, ``e.g.``, ``i.e.`` or a decimal)."""
+
+
 def describe(name: str) -> str:
-    """A recipe's first comment line (what it trains)."""
+    """A recipe's first sentence (what it trains), from its leading comment block."""
+    lines = []
     for line in (RECIPES / f"{name}.yaml").read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(" ".join(lines).split())
+    end = _SENTENCE_END.search(text)
+    return text[: end.end()] if end else text
 
 
 def find_config(path: str | Path) -> Path:

@@ -38,14 +38,17 @@ def is_import_path(name: str) -> bool:
 
 
 def where(error: BaseException) -> str:
-    """``file:line`` of the innermost frame of ``error``'s traceback (empty without one)."""
+    """``file:line`` where ``error`` arose: the offending line of a SyntaxError (its traceback ends inside
+    importlib), else the innermost frame of its traceback (empty without one)."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}:{error.lineno}"
     frames = traceback.extract_tb(error.__traceback__)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def describe_error(error: BaseException) -> str:
     """``Type: message (at file:line)`` on one line."""
-    text = " ".join(str(error).split())
+    text = " ".join((error.msg if isinstance(error, SyntaxError) else str(error)).split())
     at = where(error)
     return f"{type(error).__name__}{': ' + text if text else ''}{f' (at {at})' if at else ''}"
 

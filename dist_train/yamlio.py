@@ -62,6 +62,8 @@ def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
     """The top-level mapping of the ``kind`` file ``path`` (empty file: {}); else a one-line ConfigError
     (``expected`` says what the top level should be). Bounded: UTF-8, at most ``MAX_FILE_BYTES`` and
     ``MAX_VALUES`` values, no key twice."""
+    if path.is_dir():
+        raise ConfigError(f"{kind} file expected, {path} is a directory")
     if not path.is_file():
         raise ConfigError(f"{kind} file not found: {path}")
     text = read_text(path)

@@ -178,6 +178,13 @@ CASES = [
     Case("no-cuda", ["device=cuda"], "no CUDA device is available"),
     Case("nccl-on-cpu", ["dist.backend=nccl"], "dist.backend=nccl needs CUDA"),
     Case("config-missing", ["--config", "{out}/nope.yaml"], "config file not found"),
+    Case("config-is-a-directory", ["--config", "{out}"], "config file expected, {out} is a directory"),
+    Case(
+        "plugin-syntax-error",
+        ["model.name={out}/mynet.py:build", "model.width=0"],
+        "importing {out}/mynet.py raised SyntaxError: invalid syntax (at {out}/mynet.py:1)",
+        lambda out: write(out / "mynet.py", "def build(:\n    pass\n"),
+    ),
     Case(
         "yaml-syntax",
         ["--config", "{out}/bad.yaml"],
@@ -223,7 +230,12 @@ CASES = [
         lambda out: write(out / RUN / "checkpoints" / "last.pt", b"PK\x03\x04 not a zip"),
         name=RUN,
     ),
-    Case("checkpoint-truncated", ["resume={out}/half.pt"], "cannot read checkpoint", truncated_checkpoint),
+    Case(
+        "checkpoint-truncated",
+        ["resume={out}/half.pt"],
+        "half.pt: the file is truncated or corrupted (an interrupted write or copy); use another checkpoint",
+        truncated_checkpoint,
+    ),
     Case(
         "checkpoint-malicious",
         ["resume={out}/evil.pt"],

@@ -83,3 +83,20 @@ def test_plan_without_a_known_size_asks_for_train_size():
     result = run_cli(["plan", "--config", "configs/imagenet_resnet50.yaml", "--train-size", "1281167"])
     assert "(1281167 training images: given with --train-size)" in plan_header(result)
     assert "steps/epoch" in result.stdout
+
+
+def test_recipes_lists_whole_first_sentences_and_survives_a_closed_pipe():
+    from dist_train.named_configs import describe
+
+    assert describe("cifar10_resnet20") == "CIFAR-10 ResNet-20 (He et al. 2016 recipe)."
+    assert describe("cifar100_wrn16_4").endswith("160 epochs is our choice.")  # "et al." does not end it
+    closed = f"{sys.executable} -m dist_train recipes | true"  # the reader is gone before the first write
+    result = subprocess.run(["bash", "-c", closed], capture_output=True, text=True, timeout=60)
+    assert result.stderr == "", result.stderr
+
+
+def test_the_start_line_counts_parameters_and_epochs_in_words():
+    from dist_train.dashboard import count, plural
+
+    assert [count(n) for n in (512, 23_416, 1_460_000, 25_557_032)] == ["512", "23.4k", "1.46M", "25.6M"]
+    assert plural(1, "epoch") == "1 epoch" and plural(20, "step") == "20 steps"

@@ -243,7 +243,7 @@ DAMAGE = {
     "stale index": (stale_index, "index {0}/train-000001.idx is stale", "train-000001.tar"),
     "manifest disagrees": (disagree, "counts 9 train samples but its shards hold 8", "manifest disagrees"),
     "no label": (None, "{0}/train-000001.tar sample 00000006 has no label", ".cls"),
-    "label out of range": (bad_label, "{0}/train-000001.tar:00000006.png: label 7 is outside the 2 classes", ""),
+    "label out of range": (bad_label, "{0}/train-000001.tar:00000006.cls: label 7 is outside the 2 classes", ""),
     "garbage": (None, "cannot decode image {0}/train-000001.tar:00000006.png", ""),
 }
 

@@ -95,10 +95,13 @@ def _parse_index(shard: ShardFile, text: str) -> np.ndarray:
     return rows
 
 
-def sample_name(shard: ShardFile, row: int) -> str:
-    """``<tar>:<member>`` of the image of sample ``row`` of ``shard`` (read again from its index)."""
-    line = shard.index.read_text().splitlines()[row + 1].split()
-    return f"{shard.tar}:{line[3]}"
+def sample_name(shard: ShardFile, row: int, label: bool = False) -> str:
+    """``<tar>:<member>`` of the image (or with ``label``, the ``.cls`` label) of sample ``row`` of ``shard``
+    (read again from its index)."""
+    words = shard.index.read_text().splitlines()[row + 1].split()
+    members = {words[j]: words[j + 3] for j in range(0, len(words) - 3, 4)}
+    wanted = ("cls",) if label else IMAGE_EXTENSIONS
+    return f"{shard.tar}:{next((members[ext] for ext in wanted if ext in members), words[3])}"
 
 
 class ShardReader:
@@ -149,10 +152,10 @@ class ShardReader:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def name(self, index: int) -> str:
-        """Where sample ``index`` lives, for messages: ``<tar>:<image member>``."""
+    def name(self, index: int, label: bool = False) -> str:
+        """Where sample ``index`` lives, for messages: ``<tar>:<image member>`` (or its label member)."""
         shard = int(self.shard_of[index])
-        return sample_name(self.shards[shard], index - int(self.first[shard]))
+        return sample_name(self.shards[shard], index - int(self.first[shard]), label)
 
     def _fd(self, shard: int) -> int:
         fd = self._files.get(shard)
@@ -173,9 +176,9 @@ class ShardReader:
         try:
             value = int(label)
         except ValueError:
-            raise _fail(f"{self.name(index)}: its label {label[:20]!r} is not a class number") from None
+            raise _fail(f"{self.name(index, label=True)}: its label {label[:20]!r} is not a class number") from None
         if not 0 <= value < self.classes:
-            raise _fail(f"{self.name(index)}: label {value} is outside the {self.classes} classes")
+            raise _fail(f"{self.name(index, label=True)}: label {value} is outside the {self.classes} classes")
         return np.frombuffer(image, dtype=np.uint8), value
 
     def _member(self, fd: int, data: bytes, start: int, offset: int, size: int, index: int) -> bytes:
