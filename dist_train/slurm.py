@@ -26,9 +26,10 @@ from typing import Any, NoReturn
 from dist_train.config import Config
 from dist_train.data.batching import micro_batch_size
 from dist_train.errors import ClusterError, ConfigError, DataError
-from dist_train.failures import failure_line, print_error
+from dist_train.failures import failure_line, print_error, rank_prefix
 from dist_train.plugins import check_imports
 from dist_train.resume import find_resume
+from dist_train.stop import EXIT_STATUS, Terminated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +211,13 @@ def _end_task(error: Exception, timeout_s: float) -> NoReturn:
     line = failure_line(error, timeout_s)
     if line is None:
         raise error
-    print_error(line)
+    if isinstance(error, Terminated):  # a clean stop, said as one (each task has its own log)
+        os.write(2, f"{rank_prefix()}dist-train: {line}\n".encode())
+    else:
+        print_error(line)
     with utils.temporary_save_path(import_submitit().JobEnvironment().paths.result_pickle) as tmp:
         utils.cloudpickle_dump(("error", line), tmp)
-    raise SystemExit(1)
+    raise SystemExit(EXIT_STATUS if isinstance(error, Terminated) else 1)
 
 
 @contextlib.contextmanager

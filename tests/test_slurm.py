@@ -253,6 +253,7 @@ def test_scancel_stops_the_job_with_a_checkpoint_and_no_lock(tmp_path: Path, qui
         log = next((run_dir / "slurm").glob(f"*_{rank}_log.err")).read_text()
         lines = [line for line in log.splitlines() if "stopped by SIGTERM" in line]
         assert len(lines) == 1 and f"after step {state['step']} " in lines[0], log[-2000:]
+        assert lines[0].startswith(f"[rank {rank}] dist-train: stopped by SIGTERM"), lines[0]  # not an error
         assert "Traceback" not in log, log[-3000:]
     assert_ok(run_cli(["submit", *args, "--wait"], timeout=600))
     for name, tensor in load_weights(quickstart_run).items():
