@@ -183,7 +183,7 @@ def open_records(prepared: Prepared, cfg: Config) -> None:
     history = History(run_dir)
     if not prepared.finished:
         write_config(run_dir, to_yaml(cfg), history)
-    monitor = Monitor(run_dir, resume_step=prepared.resume_step)
+    monitor = Monitor(run_dir, resume_step=prepared.resume_step, label=trainer.ctx.label)
     trainer.monitor = monitor
     if leftovers:
         monitor.print(f"removed {len(leftovers)} unfinished write(s) of a killed process: {leftovers[0].name}, ...")

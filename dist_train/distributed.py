@@ -40,6 +40,8 @@ class DistContext:
     """The ranks of ``group`` over gloo, for small host-side tensors, when ``group`` is NCCL's."""
     hosts: tuple[str, ...] = ()
     """The host name of every rank of the group, in rank order."""
+    label: str = ""
+    """What this context's console lines start with (``replica 1`` in SWAP phase 2; empty: nothing)."""
     restarts: int = 0
     """Restarts of the job so far: the most that any rank's launcher counted (torchrun agents on several
     nodes may count differently)."""

@@ -99,14 +99,16 @@ threading.excepthook = _quiet_writer_threads
 class Monitor:
     """Writes TensorBoard events and JSON lines (``metrics.jsonl``) in the run directory."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, label: str = "") -> None:
         """``resume_step``: the step of the checkpoint being resumed; None starts the records afresh.
+        ``label``: what each console line starts with, in brackets (``[replica 1]``; empty: nothing).
 
         Records an earlier attempt wrote after that step are moved to ``history/`` (see
         :func:`~dist_train.rundir.rewind_metrics`), so only construct a Monitor once the run
         has passed every check.
         """
         self.run_dir = run_dir
+        self.prefix = f"[{label}] " if label else ""
         self.metrics_path = run_dir / "metrics.jsonl"
         self.history = History(run_dir)
         self.moved_aside = rewind_metrics(run_dir, resume_step if resume_step is not None else -1, self.history)
@@ -174,7 +176,7 @@ class Monitor:
 
     def print(self, message: str) -> None:
         """A line on the console (rank 0 only)."""
-        tqdm.write(message, file=sys.stdout)
+        tqdm.write(self.prefix + message, file=sys.stdout)
         sys.stdout.flush()
 
     def close(self) -> None:

@@ -176,12 +176,16 @@ def run_phase1(cfg: Config, ctx: DistContext) -> dict[str, Any]:
         trainer.monitor.log(trainer.step, {"swap/phase": 1.0})
         summary = trainer.fit()
         reached = trainer.stop_requested
-        message = (
-            f"SWAP phase 1 reached training accuracy {cfg.swap.phase1_train_acc:.2%} after {trainer.epoch} epochs"
-            if reached
-            else f"SWAP phase 1 stopped at its epoch limit ({epochs}) without reaching training accuracy "
-            f"{cfg.swap.phase1_train_acc:.2%}"
-        )
+        if reached:
+            threshold = cfg.swap.phase1_train_acc
+            message = f"SWAP phase 1 reached training accuracy {threshold:.2%} after {trainer.epoch} epochs"
+        elif cfg.swap.phase1_train_acc:
+            message = (
+                f"SWAP phase 1 stopped at its epoch limit ({epochs}) without reaching training accuracy "
+                f"{cfg.swap.phase1_train_acc:.2%}"
+            )
+        else:
+            message = f"SWAP phase 1 ended at its epoch limit ({epochs}; no accuracy threshold set)"
         trainer.monitor.print(message)
         state = trainer.state_dict()
         state["phase1"] = {
@@ -220,6 +224,7 @@ def replica_context(
         group=groups[replica],
         host_group=host_groups[replica] if host_groups else None,
         hosts=ctx.hosts[first : first + replica_size],
+        label=f"replica {replica}",
     )
 
 
@@ -284,7 +289,7 @@ def run_phase3(cfg: Config, ctx: DistContext, trainer: Trainer, replicas: list[d
         "phase1": phase1_info,
         "replicas": replicas,
         "replica_mean_val_acc": sum(r["val_acc"] for r in replicas) / len(replicas),
-        "bn_recompute_batches": bn_batches,
+        "bn_recompute_batches": bn_batches // ctx.world_size,  # global batches (each rank saw a slice of each)
         "sequential_steps": phase1_info["steps"] + replicas[0]["steps"],
         "world_size": ctx.world_size,
     }

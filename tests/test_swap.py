@@ -145,7 +145,9 @@ def test_swap_run_reports_phases_and_replicas(tmp_path):
     assert not summary["phase1"]["reached_threshold"]  # 99 % is out of reach: stopped at the epoch limit
     assert "stopped at its epoch limit (2)" in result.stdout
     assert summary["sequential_steps"] == 32 + 32  # phase 1: 2 × 16 steps; phase 2: 512 / 16 steps
-    assert 0.0 < summary["val_acc"] <= 1.0 and summary["bn_recompute_batches"] == 512 // 16
+    assert 0.0 < summary["val_acc"] <= 1.0 and summary["bn_recompute_batches"] == 512 // 32  # global batches
+    for replica in (0, 1):  # phase 2's replicas print side by side: each line says whose it is
+        assert f"[replica {replica}] epoch 1/1 step 32 |" in result.stdout, result.stdout[-3000:]
     phases = [r["phase"] for r in read_metrics(tmp_path / "s") if r.get("event") == "phase"]
     assert phases == [1]
     for replica in (0, 1):
