@@ -266,8 +266,9 @@ def steps_table(
             lines.append(f"| {batch} | – | not reached | {predicted:.0f} | – | – | {ok} |")
             continue
         ratios[batch] = row["steps"] / predicted
+        edge = " (grid edge)" if row["lr"] in (min(r["lr"] for r in rows), max(r["lr"] for r in rows)) else ""
         lines.append(
-            f"| {batch} | {row['lr']:.3g} | {row['steps']} | {predicted:.0f} | {ratios[batch]:.2f} | "
+            f"| {batch} | {row['lr']:.3g}{edge} | {row['steps']} | {predicted:.0f} | {ratios[batch]:.2f} | "
             f"{batch * row['steps'] / 1000:.0f} | {ok} |"
         )
     worst = max(ratios.values(), key=lambda r: abs(math.log(r)))
@@ -279,8 +280,15 @@ def steps_table(
     def verdict(held: bool) -> str:
         return "**held**" if held else "**not held**"
 
+    edges = [
+        b
+        for b, r in reached.items()
+        if r["lr"] in (min(x["lr"] for x in by_batch[b]), max(x["lr"] for x in by_batch[b]))
+    ]
     lines += [
         "",
+        f"- The best learning rate lies inside the grid at every batch: {verdict(not edges)}"
+        + (f" (at its edge for batch {', '.join(map(str, edges))}: their steps are an upper bound)." if edges else "."),
         f"- Well below B_simple, doubling the batch almost halves the steps: {verdict(below >= 1.5)} "
         f"(B {first} → {second}: {below:.2f}× fewer steps).",
         f"- Well above B_simple, doubling the batch saves few steps: {verdict(above <= 1.3)} "

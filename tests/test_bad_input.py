@@ -527,6 +527,16 @@ def test_disk_full_at_a_checkpoint_stops_every_rank_with_one_line(small_disk: Pa
 
 
 @pytest.mark.slow
+def test_sharding_onto_a_full_disk_names_the_file_and_leaves_no_partial_shard(small_disk: Path) -> None:
+    """4,096 noise images as PNG (~12 MB) onto a 6 MB disk: one line naming the shard, the disk freed."""
+    result = run_cli(["shard", "synthetic", str(small_disk / "shards"), "--shard-size", "1MiB"])
+    line = assert_refused(result, f"No space left on device while writing (unfinished file removed): {small_disk}/")
+    assert re.search(r"/shards/(train|val)-\d{6}\.tar$", line), line
+    assert not list((small_disk / "shards").glob(".*.tmp"))
+    assert shutil.disk_usage(small_disk).free > 100_000  # the unfinished shard no longer fills the disk
+
+
+@pytest.mark.slow
 def test_read_only_run_directory_is_one_line(small_disk: Path, finished_run: Path) -> None:
     """A run directory on a file system mounted read-only: one line, nothing changed."""
     shutil.copytree(finished_run, small_disk / RUN)

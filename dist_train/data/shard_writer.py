@@ -13,6 +13,7 @@ never leaves a partial file under a finished name (nor a manifest naming one).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -47,10 +49,27 @@ def tar_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
 
 
+@contextlib.contextmanager
+def writing_to(path: Path, file: BinaryIO | None = None) -> Iterator[None]:
+    """Name ``path`` in an OSError that names no file (a full disk's ENOSPC from ``write``), and remove its
+    unfinished ``.<name>.tmp`` (closing ``file``, its open handle, first): a failed write leaves neither a
+    nameless error nor a file filling the disk."""
+    try:
+        yield
+    except OSError as e:
+        if file is not None:
+            with contextlib.suppress(OSError):  # flushing its buffer fails again on a full disk
+                file.close()
+        path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
+        if e.filename is None:
+            raise OSError(e.errno, f"{e.strerror or e} while writing (unfinished file removed)", str(path)) from None
+        raise
+
+
 def write_atomically(path: Path, chunks: Iterator[bytes] | list[bytes]) -> None:
     """Write ``chunks`` to ``.<name>.tmp`` beside ``path``, flush it to disk, then rename it to ``path``."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as f:
+    with writing_to(path), temporary.open("wb") as f:
         for chunk in chunks:
             f.write(chunk)
         f.flush()
@@ -64,13 +83,15 @@ class ShardWriter:
     def __init__(self, folder: Path, name: str) -> None:
         self.tar, self.index = folder / f"{name}.tar", folder / f"{name}.idx"
         self.temporary = self.tar.with_name(f".{self.tar.name}.tmp")
-        self.file = self.temporary.open("wb")
+        with writing_to(self.tar):
+            self.file = self.temporary.open("wb")
         self.digest = hashlib.sha256()
         self.lines: list[str] = []
         self.size = 0
 
     def _write(self, data: bytes) -> None:
-        self.file.write(data)
+        with writing_to(self.tar, self.file):
+            self.file.write(data)
         self.digest.update(data)
         self.size += len(data)
 
@@ -86,9 +107,10 @@ class ShardWriter:
     def close(self) -> dict[str, object]:
         """Finish the tar (end blocks, flushed to disk, renamed) and write its index; their manifest entry."""
         self._write(b"\0" * (2 * BLOCK))
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        with writing_to(self.tar, self.file):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
         os.replace(self.temporary, self.tar)
         text = (f"v1.2 {len(self.lines)}\n" + "".join(f"{line}\n" for line in self.lines)).encode()
         write_atomically(self.index, [text])
