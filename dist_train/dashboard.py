@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dist_train.nn.ghost_bn import describe_ghost_layers
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -108,7 +110,7 @@ def describe_run(
         f"{len(data.train)} train / {len(data.val)} val | "
         f"batch {cfg.data.batch_size} ({loader.order.micro_batch}/process × {cfg.train.grad_accum_steps} accum) | "
         f"{plural(plan.epochs, 'epoch')} × {plural(loader.steps_per_epoch, 'step')} | lr {plan.lr:.4g}"
-        + (f" | ghost BN {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "")
+        + (f" | {describe_ghost_layers(model, cfg.bn.ghost_batch_size)}" if cfg.bn.ghost_batch_size else "")
     )
 
 

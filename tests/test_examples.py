@@ -33,6 +33,8 @@ def test_own_model_trains_with_ghost_bn_and_four_views_on_two_ranks(own_model_ru
     assert summary["steps"] == 16 and summary["config"]["augment"]["copies"] == 4
     weights = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert "1.running_mean" in weights and "5.running_mean" in weights  # the user's BatchNorms, as Ghost BN
+    assert "ghost BN 16 in 2 BatchNorm2d layers (1, 5)" in stdout  # which layers were converted, said at the start
+    assert summary["ghost_bn_layers"] == {"1": "BatchNorm2d", "5": "BatchNorm2d"}
 
 
 @pytest.mark.slow

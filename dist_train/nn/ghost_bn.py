@@ -376,5 +376,32 @@ def convert_to_ghost_bn(model: nn.Module, ghost_batch_size: int) -> nn.Module:
     return model
 
 
+def ghost_layers(model: nn.Module) -> dict[str, str]:
+    """The Ghost BN layers of ``model`` (its qualified names) and the BatchNorm type each replaced."""
+    return {
+        name: type(m).__name__.replace("Ghost", "")
+        for name, m in model.named_modules()
+        if isinstance(m, _GhostBatchNorm)
+    }
+
+
+def left_batch_norms(model: nn.Module) -> list[str]:
+    """The BatchNorm layers of ``model`` that are not Ghost BN (subclasses such as SyncBatchNorm are not converted)."""
+    return [
+        name for name, m in model.named_modules() if isinstance(m, _BatchNorm) and not isinstance(m, _GhostBatchNorm)
+    ]
+
+
+def describe_ghost_layers(model: nn.Module, ghost_batch_size: int) -> str:
+    """``ghost BN 16 in 5 BatchNorm1d layers (0.1, 1.1, ... 4.1)``, and any BatchNorm left as it was."""
+    layers = ghost_layers(model)
+    kinds = "/".join(sorted(set(layers.values())))
+    names = list(layers)
+    shown = ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])}, ... {names[-1]}"
+    left = left_batch_norms(model)
+    kept = f"; left as they are: {', '.join(left[:4])}{', ...' * (len(left) > 4)}" if left else ""
+    return f"ghost BN {ghost_batch_size} in {len(names)} {kinds} layer{'s' * (len(names) != 1)} ({shown}){kept}"
+
+
 def has_ghost_bn(model: nn.Module) -> bool:
     return any(isinstance(m, _GhostBatchNorm) for m in model.modules())

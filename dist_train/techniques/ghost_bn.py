@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from dist_train.callbacks import Callback
 from dist_train.errors import ConfigError
-from dist_train.nn.ghost_bn import convert_to_ghost_bn
+from dist_train.nn.ghost_bn import convert_to_ghost_bn, ghost_layers
 
 if TYPE_CHECKING:
     from dist_train.techniques import RunFacts
@@ -59,7 +59,8 @@ class GhostBN(Callback):
         apply_ghost_bn(model, self.ghost_batch_size, self.images_per_process)
 
     def on_fit_end(self, trainer: Trainer) -> dict[str, Any]:
-        return {"ghost_batch_size": self.ghost_batch_size}
+        layers = ghost_layers(trainer.module) if self.ghost_batch_size else {}
+        return {"ghost_batch_size": self.ghost_batch_size, "ghost_bn_layers": layers}
 
 
 def build(facts: RunFacts) -> GhostBN:
