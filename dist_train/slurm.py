@@ -27,7 +27,7 @@ from dist_train.config import Config
 from dist_train.data.batching import micro_batch_size
 from dist_train.errors import ClusterError, ConfigError, DataError
 from dist_train.failures import failure_line, print_error, rank_prefix
-from dist_train.plugins import check_imports
+from dist_train.plugins import check_imports, is_import_path
 from dist_train.resume import find_resume
 from dist_train.stop import EXIT_STATUS, Terminated
 
@@ -149,6 +149,10 @@ def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Conf
     elif cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume checkpoint not found: {cfg.resume}")
     check_imports({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset})
+    if is_import_path(cfg.model.name):  # what the nodes would refuse of the factory's arguments
+        from dist_train.models.plugin import factory_arguments
+
+        factory_arguments(cfg.model.name, cfg.model.kwargs, cfg.model.width)
     root = str(Path(cfg.data.root).resolve()) if cfg.data.root else ""
     data = dataclasses.replace(cfg.data, root=root)
     return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).resolve()), data=data)

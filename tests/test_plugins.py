@@ -33,6 +33,10 @@ def build(num_classes, in_channels, image_size):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
 
 
+def with_width(num_classes, in_channels, image_size, width=4):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, width), nn.Linear(width, num_classes))
+
+
 def raises(num_classes, in_channels, image_size):
     raise ValueError("no weights for this size")
 
@@ -134,6 +138,27 @@ def test_a_bad_plugin_is_one_line_and_writes_nothing(
     assert code == 1 and len(err) == 1 and err[0].startswith("dist-train: error: "), err
     assert fragment in err[0], err[0]
     assert not list(plugin_dir.glob("out/**/*"))  # no run directory, no file
+
+
+@pytest.mark.parametrize("command", ["train", "submit"])
+def test_a_width_is_refused_by_a_factory_without_one_before_anything_is_queued(
+    plugin_dir: Path, capfd: pytest.CaptureFixture, command: str
+) -> None:
+    """A recipe's model.width with a factory that takes none: one line saying what to do, from train and from
+    submit --dry-run alike (the nodes would refuse it)."""
+    dry = ["--dry-run"] if command == "submit" else []
+    code = main([command, "--config", "quickstart", *TINY, "model.name=bad.py:build", "out_dir=out", *dry])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert "model.width=8 does not apply to bad.py:build, which takes no width argument: add model.width=0" in err[0]
+    assert not list(plugin_dir.glob("out/**/*"))  # no run directory, no file
+
+
+def test_a_width_reaches_a_factory_that_takes_one(plugin_dir: Path) -> None:
+    from dist_train.models import build_model
+
+    assert build_model("bad.py:with_width", 3, 1, 8, width=5)[1].out_features == 5
+    assert build_model("bad.py:with_width", 3, 1, 8)[1].out_features == 4  # 0: the factory's own default
 
 
 def test_plan_counts_through_the_factory_or_takes_the_given_size(capsys: pytest.CaptureFixture) -> None:

@@ -10,6 +10,7 @@ checkpoints, SWAP, the diffusion monitor) is the built-in models' path.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -21,16 +22,43 @@ from dist_train.plugins import GIVEN, call_factory, describe_error, load_factory
 KEY = "model.name"
 
 
+def takes(factory: Any, argument: str) -> bool:
+    """Whether ``factory`` accepts the keyword ``argument`` (by name or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): let the call say
+        return True
+    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def factory_arguments(name: str, kwargs: dict[str, Any], width: int) -> dict[str, Any]:
+    """``model.kwargs``, with ``model.width`` as ``width=`` when set and the factory takes it; else one line
+    saying what to do (a recipe's width is meant for its built-in model)."""
+    if not width:
+        return dict(kwargs)
+    factory = load_factory(name, KEY)
+    if isinstance(factory, nn.Module) or not takes(factory, "width"):
+        raise ConfigError(
+            f"model.width={width} does not apply to {name}, which takes no width argument: add model.width=0 "
+            "(a recipe's width is for its built-in model) and pass the factory's own arguments in model.kwargs"
+        )
+    if "width" in kwargs and kwargs["width"] != width:
+        raise ConfigError(f"model.width={width} and model.kwargs.width={kwargs['width']} disagree: set one")
+    return {**kwargs, "width": width}
+
+
 def build_plugin_model(
-    name: str, kwargs: dict[str, Any], num_classes: int, in_channels: int, image_size: int
+    name: str, kwargs: dict[str, Any], num_classes: int, in_channels: int, image_size: int, width: int = 0
 ) -> nn.Module:
-    """The factory's model, checked to give (N, num_classes) logits for the data set's images."""
+    """The factory's model, checked to give (N, num_classes) logits for the data set's images; ``width``
+    (model.width) is passed as ``width=`` to a factory that takes it."""
     factory = load_factory(name, KEY)
     if name.startswith(GIVEN) and isinstance(factory, nn.Module):  # an instance handed to dist_train.train()
+        factory_arguments(name, kwargs, width)  # refuses a width
         model = copy.deepcopy(factory)
     else:
         sizes = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
-        model = call_factory(factory, name, KEY, **sizes, **kwargs)
+        model = call_factory(factory, name, KEY, **sizes, **factory_arguments(name, kwargs, width))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{KEY}={name}: the factory returned {type(model).__name__}, expected a torch.nn.Module")
     check_output(model, name, num_classes, in_channels, image_size)

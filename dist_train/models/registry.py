@@ -76,9 +76,7 @@ def build_model(
     """
     _check_positive(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     if is_import_path(name):
-        if width:
-            raise ConfigError(f"model width does not apply to {name!r}; pass the factory's arguments in model.kwargs")
-        return build_plugin_model(name, dict(kwargs or {}), num_classes, in_channels, image_size)
+        return build_plugin_model(name, dict(kwargs or {}), num_classes, in_channels, image_size, width)
     if kwargs:
         raise ConfigError(f"model.kwargs apply to a model factory (model.name: module:attr), not to {name!r}")
     if isinstance(width, bool) or not isinstance(width, int) or width < 0:
