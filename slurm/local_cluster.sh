@@ -2,11 +2,11 @@
 # A SLURM cluster on this machine, to try (and test) the SLURM flow without a real cluster: one node (this
 # machine) or N nodes, each a network namespace of slurm/local_nodes.sh with its own slurmd.
 #
-#   sudo slurm/local_cluster.sh install            # Debian/Ubuntu: apt-get install slurm-wlm munge
-#   sudo slurm/local_cluster.sh start              # one node: write slurm.conf, start munged, slurmctld, slurmd
-#   sudo slurm/local_cluster.sh start --nodes 2    # node0, node1 (namespaces on a bridge), one slurmd each
+#   slurm/local_cluster.sh install            # Debian/Ubuntu: apt-get install slurm-wlm munge
+#   slurm/local_cluster.sh start              # one node: write slurm.conf, start munged, slurmctld, slurmd
+#   slurm/local_cluster.sh start --nodes 2    # node0, node1 (namespaces on a bridge), one slurmd each
 #   slurm/local_cluster.sh status                  # sinfo
-#   sudo slurm/local_cluster.sh stop               # stop the daemons, remove the nodes (config and job state stay)
+#   slurm/local_cluster.sh stop               # stop the daemons, remove the nodes (config and job state stay)
 #
 # One node: the node is this machine (its hostname, CPU count and memory); the daemons talk over 127.0.0.1,
 # so the hostname need not resolve. N nodes: node<i> has address 10.77.0.<10+i> and the machine's CPU count
@@ -27,7 +27,7 @@ NODES_SH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/local_nodes.sh"
 export LOCAL_NODES_NAME=${LOCAL_NODES_NAME:-dtslurm} LOCAL_NODES_SUBNET=${LOCAL_NODES_SUBNET:-10.77.0}
 
 die() { echo "local_cluster.sh: error: $*" >&2; exit 1; }
-need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (run it with sudo)"; }
+need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root: run it as root (with sudo where you are not)"; }
 
 install_packages() {
     need_root install
@@ -125,9 +125,9 @@ start() {
         esac
     done
     [[ $nodes =~ ^[0-9]+$ ]] && ((nodes >= 1 && nodes <= 64)) || die "--nodes must be from 1 to 64, got '$nodes'"
-    command -v slurmctld >/dev/null || die "slurmctld not found; run: sudo $0 install"
+    command -v slurmctld >/dev/null || die "slurmctld not found; run (as root): $0 install"
     if running "$STATE/slurmctld.pid" && [ "$(node_names | wc -l)" != "$nodes" ]; then
-        die "a cluster of $(node_names | wc -l) node(s) is running; run: sudo $0 stop"
+        die "a cluster of $(node_names | wc -l) node(s) is running; run (as root): $0 stop"
     fi
     ((nodes == 1)) || "$NODES_SH" up "$nodes" >/dev/null || die "could not make the $nodes node namespaces"
     write_conf "$nodes"

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from conftest import REPO, assert_ok, subprocess_env
@@ -58,10 +59,9 @@ NOT_RUN_HERE = {
     "pip install --index-url https://download.pytorch.org/whl/cpu": "the CPU-only variant; CI tests the CUDA build",
     'pip install -c constraints.txt -e ".[dev,docs]"': "the CPU-only variant's second step",
     "mkdocs serve": "a server that runs until stopped; test_site_builds_strictly builds what it serves",
-    "sudo slurm/local_cluster.sh": "run by .ci/run and tests/test_local_cluster.py in their own forms, as root",
-    "sudo slurm/local_nodes.sh": "run by the many-node tests through their helpers, as root",
+    "slurm/local_cluster.sh": "run by .ci/run and tests/test_local_cluster.py in their own forms, as root",
+    "slurm/local_nodes.sh": "run by the many-node tests through their helpers, as root",
     "LOCAL_NODES_NAME=dtslurm slurm/local_nodes.sh": "on the running two-node cluster, by hand",
-    "sudo LOCAL_NODES_NAME=dtslurm": "on the running two-node cluster, by hand",
     "srun -N2 hostname": "on the running two-node cluster, by hand",
     "sinfo": "on the running cluster, by hand",
     "tensorboard --logdir runs/": "a server that runs until stopped",
@@ -133,13 +133,27 @@ def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     assert result.returncode != 0 and "no-such-page.md" in result.stderr, result.stderr[-2000:]
 
 
-def test_config_reference_documents_every_key() -> None:
-    """Every leaf key of the schema has a row in the generated reference, with its docstring."""
+def import_config_reference() -> ModuleType:
     sys.path.insert(0, str(REPO / "docs" / "hooks"))
     try:
         import config_reference
     finally:
         sys.path.remove(str(REPO / "docs" / "hooks"))
+    return config_reference
+
+
+def test_committed_config_reference_is_the_schema_s() -> None:
+    """docs/config-reference.md holds the tables (readable on GitHub, not a bare marker) and they are current:
+    ``python docs/hooks/config_reference.py --write`` regenerates them."""
+    config_reference = import_config_reference()
+    page = (REPO / "docs" / "config-reference.md").read_text()
+    assert page == config_reference.with_reference(page), "stale: run python docs/hooks/config_reference.py --write"
+    assert "| `data.dataset` |" in page and "one of `synthetic`, `cifar10`" in page  # the names, not DATASETS
+
+
+def test_config_reference_documents_every_key() -> None:
+    """Every leaf key of the schema has a row in the generated reference, with its docstring."""
+    config_reference = import_config_reference()
     from dist_train.config import Config, _valid_keys
 
     rows = {key.name: key for _, _, keys in config_reference.sections() for key in keys}

@@ -2,9 +2,10 @@
 
 Every key of :class:`dist_train.config.Config` with its type, default, valid values (the ``Literal``
 choices, or the range its field metadata declares through ``bounded``/``limits``) and the attribute
-docstring written under it in the source. Used as a MkDocs hook (``hooks:`` in mkdocs.yml): the line
-``<!-- config-reference -->`` of a page is replaced by the tables. ``python docs/hooks/config_reference.py``
-prints them.
+docstring written under it in the source. The tables sit between ``<!-- config-reference -->`` and
+``<!-- /config-reference -->`` of docs/config-reference.md, committed so the page reads on GitHub too;
+``python docs/hooks/config_reference.py --write`` regenerates them (a test fails when they are stale), and
+as a MkDocs hook (``hooks:`` in mkdocs.yml) it regenerates them when the site is built.
 """
 
 from __future__ import annotations
@@ -15,9 +16,21 @@ import inspect
 import re
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 MARKER = "<!-- config-reference -->"
+END = "<!-- /config-reference -->"
+PAGE = Path(__file__).resolve().parents[1] / "config-reference.md"
+PAGES = {"dist_train.data.plugin": "own-model-and-data.md", "dist_train.models.plugin": "own-model-and-data.md"}
+"""Modules a docstring refers to, and the page of the site that tells users about them."""
+
+
+def named_values() -> dict[str, str]:
+    """The public tables a docstring may name (``:data:`DATASETS```), as the values they hold."""
+    from dist_train.data.catalog import DATASETS
+
+    return {"DATASETS": ", ".join(f"`{name}`" for name in DATASETS)}
 
 
 @dataclasses.dataclass
@@ -50,7 +63,11 @@ def attribute_docs(source: str) -> dict[str, tuple[str, dict[str, tuple[str, str
 
 
 def markdown(text: str) -> str:
-    """Docstring markup as Markdown on one table row: ``x`` and :role:`x` become `x`, lines are joined."""
+    """Docstring markup as Markdown on one table row: a named table becomes its values, a module users read
+    about becomes a link to its page, ``x`` and :role:`x` become `x`, lines are joined."""
+    values = named_values()
+    text = re.sub(r":data:`~?([A-Z_]+)`", lambda m: values.get(m[1], m[0]), text)
+    text = re.sub(r"see :mod:`~?([\w.]+)`", lambda m: f"see [your own model and data]({PAGES[m[1]]})" if m[1] in PAGES else m[0], text)
     text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
     text = text.replace("``", "`")
     return " ".join(text.split()).replace("|", "\\|")
@@ -125,10 +142,22 @@ def reference() -> str:
     return "\n".join(out)
 
 
+def with_reference(text: str) -> str:
+    """``text`` with what lies between the markers replaced by the reference as the schema gives it now."""
+    head, found, rest = text.partition(MARKER)
+    if not found:
+        return text
+    _, _, tail = rest.partition(END)
+    return f"{head}{MARKER}\n\n{reference()}\n{END}{tail if tail.strip() else chr(10)}"
+
+
 def on_page_markdown(markdown_text: str, **kwargs: Any) -> str:
-    """MkDocs hook: the marker line becomes the reference."""
-    return markdown_text.replace(MARKER, reference()) if MARKER in markdown_text else markdown_text
+    """MkDocs hook: the reference between the markers, regenerated."""
+    return with_reference(markdown_text)
 
 
 if __name__ == "__main__":
-    print(reference())
+    if sys.argv[1:] == ["--write"]:
+        PAGE.write_text(with_reference(PAGE.read_text()))
+    else:
+        print(reference())
