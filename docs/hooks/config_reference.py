@@ -67,7 +67,11 @@ def markdown(text: str) -> str:
     about becomes a link to its page, ``x`` and :role:`x` become `x`, lines are joined."""
     values = named_values()
     text = re.sub(r":data:`~?([A-Z_]+)`", lambda m: values.get(m[1], m[0]), text)
-    text = re.sub(r"see :mod:`~?([\w.]+)`", lambda m: f"see [your own model and data]({PAGES[m[1]]})" if m[1] in PAGES else m[0], text)
+    text = re.sub(
+        r"see :mod:`~?([\w.]+)`",
+        lambda m: f"see [your own model and data]({PAGES[m[1]]})" if m[1] in PAGES else m[0],
+        text,
+    )
     text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
     text = text.replace("``", "`")
     return " ".join(text.split()).replace("|", "\\|")
