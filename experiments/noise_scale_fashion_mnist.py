@@ -3,6 +3,7 @@
     python experiments/noise_scale_fashion_mnist.py                 # (a) and (b): ~1.5 h on 2 idle CPU cores
     python experiments/noise_scale_fashion_mnist.py --part over-training
     python experiments/noise_scale_fashion_mnist.py --part steps-to-target
+    python experiments/noise_scale_fashion_mnist.py --part steps-to-target --from-results  # re-analyse only
     python experiments/noise_scale_fashion_mnist.py --smoke         # a check that it runs (2,048 images)
 
 (a) ``over-training``: B_simple measured live (``noise_scale.every_steps``) through the small-batch recipes
@@ -19,7 +20,8 @@ run by ``dist-train sweep``), each run stopping at the epoch its training loss r
 last ``WINDOW`` images, is at or below the target; the best learning rate of each batch size is kept.
 S_min and E_min are fitted to S = S_min (1 + B_noise/B) with B_noise itself fitted, and compared with
 the measured B_simple. Writes ``noise_scale_fashion_mnist.{md,json,png}`` to ``--out``; runs are kept
-under ``--runs``, so the same command continues an interrupted experiment.
+under ``--runs``, so the same command continues an interrupted experiment; ``--from-results`` redoes (b)'s
+analysis from the steps saved in ``noise_scale_fashion_mnist.json`` without the runs.
 """
 
 from __future__ import annotations
@@ -246,13 +248,26 @@ def steps_table(
         raise SystemExit(f"only {len(batches)} batch size(s) reached the training loss {target}: nothing to fit")
     s_min, _ = fit(batches, steps, b_simple)
     free_s_min, free_noise = fit(batches, steps)
+    edges = [
+        b
+        for b, r in reached.items()
+        if r["lr"] in (min(x["lr"] for x in by_batch[b]), max(x["lr"] for x in by_batch[b]))
+    ]
+    inside = [b for b in batches if b not in edges]
+    inside_fit = fit(inside, [reached[b]["steps"] for b in inside]) if edges and len(inside) > 1 else None
     lines = [
         f"### (b) Steps to a training loss of {target} (F1, constant lr, best of {len(next(iter(by_batch.values())))} "
         "learning rates per batch)",
         "",
         f"Measured B_simple where (a)'s F1 runs cross the target: **{b_simple:.0f}**. Predicted: S = S_min (1 + "
         f"B_simple / B) with S_min = {s_min:.0f} fitted; free fit of both: S_min = {free_s_min:.0f}, B_noise = "
-        f"{free_noise:.0f}.",
+        f"{free_noise:.0f}"
+        + (
+            f"; free fit without the grid-edge batches ({', '.join(map(str, edges))}): S_min = {inside_fit[0]:.0f}, "
+            f"B_noise = {inside_fit[1]:.0f}."
+            if inside_fit
+            else "."
+        ),
         "",
         "| batch | best lr | steps to target | predicted steps | measured / predicted | samples (×1000) | lrs that "
         "reached it |",
@@ -280,11 +295,6 @@ def steps_table(
     def verdict(held: bool) -> str:
         return "**held**" if held else "**not held**"
 
-    edges = [
-        b
-        for b, r in reached.items()
-        if r["lr"] in (min(x["lr"] for x in by_batch[b]), max(x["lr"] for x in by_batch[b]))
-    ]
     lines += [
         "",
         f"- The best learning rate lies inside the grid at every batch: {verdict(not edges)}"
@@ -298,9 +308,16 @@ def steps_table(
         f"(worst measured/predicted {worst:.2f}).",
         f"- The measured B_simple is within a factor 2 of the B_noise fitted to the steps: "
         f"{verdict(0.5 <= free_noise / b_simple <= 2)} (fitted {free_noise:.0f}, measured {b_simple:.0f}: "
-        f"{free_noise / b_simple:.2f}×).",
+        f"{free_noise / b_simple:.2f}×)"
+        + (
+            f"; without the grid-edge batches: {verdict(0.5 <= inside_fit[1] / b_simple <= 2)} "
+            f"({inside_fit[1]:.0f}: {inside_fit[1] / b_simple:.2f}×)."
+            if inside_fit
+            else "."
+        ),
     ]
     raw = {"by_batch": by_batch, "b_simple": b_simple, "s_min": s_min, "free_fit": [free_s_min, free_noise]}
+    raw["inside_grid_fit"] = list(inside_fit) if inside_fit else None
     raw["target"] = target
     return "\n".join(lines) + "\n", raw
 
@@ -337,32 +354,52 @@ def steps_plot(raw: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def saved_steps(saved: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """(b)'s steps by batch size as the results JSON holds them (its keys are strings)."""
+    return {int(batch): rows for batch, rows in saved["by_batch"].items()}
+
+
 def main() -> None:
     parser = experiment_parser(__doc__)
     parser.add_argument("--part", choices=("all", "over-training", "steps-to-target"), default="all")
+    parser.add_argument(
+        "--from-results", action="store_true", help="(b): analyse the steps saved in the results, run nothing"
+    )
     args = parse(parser)
     args.out.mkdir(parents=True, exist_ok=True)
-    raw: dict[str, Any] = {}
+    saved_path = args.out / f"{STEM}.json"
+    saved: dict[str, Any] = json.loads(saved_path.read_text()) if saved_path.exists() else {}
+    raw: dict[str, Any] = dict(saved)
+    script = f"python experiments/{Path(__file__).name}"
     text = [
-        f"Fashion-MNIST (real data), one process on a 2-core CPU. Command: `python experiments/{Path(__file__).name} "
-        f"--part {args.part}`.",
+        f"Fashion-MNIST (real data), one process on a 2-core CPU. Commands: `{script} --part over-training` (a), "
+        f"`{script} --part steps-to-target` (b).",
         "",
     ]
     if args.part in ("all", "over-training"):
         results = over_training(args.seeds, args.runs / STEM / "over_training", args.smoke)
         over_training_plot(results, args.out / f"{STEM}.png")
-        text.append(over_training_table(results))
         raw["over_training"] = {
             m: [{k: r[k] for k in ("epochs_seen", "val_acc")} for r in rs] for m, rs in results.items()
         }
+    if "over_training" in raw:  # (a)'s table stays in the results when only (b) is run
+        text.append(over_training_table(raw["over_training"]))
     if args.part in ("all", "steps-to-target"):
-        over = raw.get("over_training") or json.loads((args.out / f"{STEM}.json").read_text())["over_training"]
+        if "over_training" not in raw:
+            raise SystemExit(f"(b) needs (a)'s B_simple: run --part over-training first ({saved_path} has none)")
         target = SMOKE_TARGET if args.smoke else TARGET
-        by_batch = sweep_results(args.runs / STEM, args.smoke, target)
-        table, raw["steps_to_target"] = steps_table(by_batch, measured_b_simple(over, target), target)
+        if args.from_results:
+            if "steps_to_target" not in saved:
+                raise SystemExit(f"--from-results: {saved_path} holds no steps-to-target results")
+            by_batch = saved_steps(saved["steps_to_target"])
+        else:
+            by_batch = sweep_results(args.runs / STEM, args.smoke, target)
+        table, raw["steps_to_target"] = steps_table(by_batch, measured_b_simple(raw["over_training"], target), target)
         steps_plot(raw["steps_to_target"], args.out / f"{STEM}_steps.png")
         text.append(table)
-        raw.setdefault("over_training", over)
+    elif "steps_to_target" in saved:  # and (b)'s when only (a) is run
+        old = saved["steps_to_target"]
+        text.append(steps_table(saved_steps(old), old["b_simple"], old["target"])[0])
     write_results(args.out, STEM, "\n".join(text), raw)
 
 
