@@ -8,6 +8,7 @@ import shutil
 import sys
 import textwrap
 from pathlib import Path
+from typing import NoReturn
 
 from dist_train import slurm
 from dist_train.config import Config, load_config, to_yaml
@@ -27,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", "-c", help="YAML config file (see configs/)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
+        if name == "train":
+            sub.add_argument(
+                "--nproc-per-node",
+                type=int,
+                default=1,
+                metavar="N",
+                help="start N processes on this machine (torchrun's agent; a failure ends in one line)",
+            )
         if name == "plan":
             sub.add_argument(
                 "--train-size",
@@ -219,6 +228,24 @@ def unlock_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def launch_here(args: argparse.Namespace) -> NoReturn:
+    """``train --nproc-per-node N``: become a one-machine torchrun of N ``dist-train train`` processes (through
+    :mod:`dist_train.torchrun`, so that whatever fails ends in one line). The config was checked already."""
+    from dist_train.local_launch import local_torchrun
+
+    if args.nproc_per_node < 1:
+        raise ConfigError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if "LOCAL_RANK" in os.environ:
+        raise ConfigError(
+            "--nproc-per-node starts processes on this machine, but this is already one process of a job "
+            "(LOCAL_RANK is set): leave the option out and let the launcher start them"
+        )
+    config = ["--config", args.config] if args.config else []
+    command = local_torchrun(args.nproc_per_node, "-m", "dist_train", "train", *config, *args.overrides)
+    sys.stdout.flush()
+    os.execv(command[0], command)  # signals (timeout, Ctrl-C) now reach torchrun's agent itself
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; ``key=value`` overrides may also come after options (``--nodes 2 optim.lr=0.1``)."""
     parser = _parser()
@@ -256,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             print(describe_plan(cfg, args.train_size, args.noise_scale))
             return 0
+        if args.nproc_per_node != 1:
+            return launch_here(args)
         from dist_train.run import train  # heavy imports only when training
 
         train(cfg)

@@ -21,6 +21,12 @@ and keeps them: every process, fresh or long-running, reduces every step with th
 bitwise exact at any world size. The reduction itself is DDP's own (a few large bucketed all-reduces
 overlapped with the backward pass); only the bucket order follows the model's definition instead of the
 measured gradient order, DDP's own assumption for its first step.
+
+**Each rank keeps its own buffers when DDP is built.** DDP's constructor copies rank 0's parameters and
+buffers to every rank. The trainer builds it at the first training step, after a resume has restored each
+rank's own BN statistics: rank 0's would replace them, and an evaluation before the next forward (a resume
+from a checkpoint taken at an epoch's last step) would average other statistics than the uninterrupted run.
+:func:`parallelize` puts each rank's buffers back after the constructor (the parameters are equal anyway).
 """
 
 from __future__ import annotations
@@ -63,9 +69,13 @@ def parallelize(model: nn.Module, cfg: Config, ctx: DistContext, warn: Callable[
     if ctx.is_distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         sync = cfg.dist.sync_buffers and not has_ghost_bn(model)  # per-rank ghost statistics stay per rank
+        own = [buffer.detach().clone() for buffer in model.buffers()]
         wrapped = DistributedDataParallel(
             model, device_ids=device_ids, process_group=ctx.group, **ddp_buffer_sync(sync)
         )
+        with torch.no_grad():  # the constructor broadcast rank 0's buffers over this rank's own
+            for buffer, kept in zip(model.buffers(), own, strict=True):
+                buffer.copy_(kept)
         if cfg.dist.exact_reduction and not fix_bucket_layout(wrapped):
             warn(
                 f"warning: torch {torch.__version__} cannot fix DDP's bucket layout (dist.exact_reduction): "

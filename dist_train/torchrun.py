@@ -10,6 +10,7 @@ status (128 + the signal's number when a signal ended it, as a shell reports it)
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -24,7 +25,14 @@ def exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _not_a_failure_report(record: logging.LogRecord) -> bool:
+    """False for the agent's log line on each failed worker ("failed (exitcode: 1) local_rank: 0 ..."): the
+    workers' own lines and :func:`workers_failed_line` say it."""
+    return "failed (exitcode" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_not_a_failure_report)
     try:
         torchrun_main(argv)
     except ChildFailedError as error:

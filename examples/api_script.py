@@ -1,6 +1,6 @@
 """Train from a Python script with your own model and data objects; every rank runs it:
 
-torchrun --nproc_per_node=2 examples/api_script.py out_dir=runs [more key=value overrides]
+dist-torchrun --nproc-per-node=2 examples/api_script.py out_dir=runs [more key=value overrides]
 """
 
 import os

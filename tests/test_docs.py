@@ -29,14 +29,14 @@ VENV_BIN = Path(sys.executable).parent
 PAGES = sorted((REPO / "docs").rglob("*.md"))
 SHOWN = [REPO / "README.md", *PAGES]
 
-QUICKSTART = "torchrun --nproc_per_node=2 -m dist_train train --config configs/quickstart.yaml"
+QUICKSTART = "dist-train train --nproc-per-node 2 --config configs/quickstart.yaml"
 """The README's quickstart, run as written (adding only out_dir=) by test_readme_quickstart_runs_as_written."""
 PLAN = "dist-train plan --config configs/mnist_f1_lb_lr_gbn_ra.yaml"
 """The plan shown in docs/papers/train-longer.md, run by test_plan_example_is_what_a_fresh_clone_prints."""
 
 NOT_RUN_HERE = {
     # Needs a GPU, a real cluster or data that CI does not have.
-    "torchrun --nproc_per_node=8": "eight GPUs and CIFAR or ImageNet on /data",
+    "dist-train train --nproc-per-node 8": "eight GPUs and CIFAR or ImageNet on /data",
     "NPROC_PER_NODE=8": "eight GPUs per node",
     "NNODES=2 NPROC_PER_NODE=8": "eight GPUs per node on two nodes (the 1-process form is run as written)",
     "dist-train submit --config configs/cifar10_resnet20.yaml --nodes 2 --gpus-per-node 4": (
@@ -228,11 +228,20 @@ def runner_units() -> list[tuple[str, str]]:
 
 def launched_by(words: list[str], source: str) -> list[str] | None:
     """The command's words that the unit must hold, once the way it starts the program is accounted for:
-    ``dist-train`` through run_cli or the console script, ``torchrun --nproc_per_node=N`` through
-    ``run_cli(..., nproc=N)`` or ``torchrun_cmd(N)``, ``python`` through the tests' own interpreter; None when
-    the unit does not start it that way."""
+    ``dist-train`` through run_cli or the console script, its ``train --nproc-per-node N`` and
+    ``dist-torchrun --nproc-per-node=N`` also through ``run_cli(..., nproc=N)`` or ``torchrun_cmd(N)`` (the
+    same agent, :mod:`dist_train.torchrun`), ``python`` through the tests' own interpreter; None when the unit
+    does not start it that way."""
     if words[0] == "dist-train":
-        return words[1:] if re.search(r"run_cli|dist-train|DIST_TRAIN|main\(\[", source) else None
+        if not re.search(r"run_cli|dist-train|DIST_TRAIN|main\(\[", source):
+            return None
+        if words[1:3] == ["train", "--nproc-per-node"] and "--nproc-per-node" not in source:
+            nproc = words[3]
+            return words[4:] if re.search(rf"nproc={nproc}\b|torchrun_cmd\({nproc}\b", source) else None
+        return words[1:]
+    if words[0] == "dist-torchrun" and words[1].startswith("--nproc-per-node="):
+        nproc = words[1].split("=")[1]
+        return words[2:] if re.search(rf"nproc={nproc}\b|torchrun_cmd\({nproc}\b", source) else None
     if words[0] in ("python", "python3") and words[1:2] != ["-m"]:
         return words[1:]
     if words[0] == "torchrun" and words[1].startswith("--nproc_per_node="):

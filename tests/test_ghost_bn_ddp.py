@@ -20,6 +20,8 @@ def test_buffers_stay_per_rank_then_average_to_the_mean(tmp_path):
     torch.testing.assert_close(ranks[0]["weights"], ranks[1]["weights"])  # DDP kept the parameters in sync
     # The trainer's DDP copies rank 0's BN buffers for plain BN only, never for Ghost BN.
     assert [r["syncs"] for r in ranks] == [{"plain": True, "ghost": False}] * 2
+    # Building the DDP (at the first step, after a resume restored each rank's BN statistics) keeps them.
+    assert [r["kept"] for r in ranks] == [{"plain": True, "ghost": True}] * 2
     for key in ("mean", "var"):
         before = [r["before"][key] for r in ranks]
         assert not torch.allclose(before[0], before[1])  # DDP did not overwrite rank 1's statistics

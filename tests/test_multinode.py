@@ -37,7 +37,7 @@ TWO_BY_TWO = ["--nodes", "2", "--tasks-per-node", "2", "--time", "10"]
 # The commands the docs show for many nodes (docs/many-gpus-and-nodes.md). The tests run them as written, adding
 # only out_dir=<a temporary folder>; test_readme_shows_the_commands_run_here keeps the two in step.
 TORCHRUN = (
-    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d "
+    "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 dist-torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d "
     "--rdzv-endpoint=node0:29400 --rdzv-id=exp1 --max-restarts=1 "
     "-m dist_train train --config configs/quickstart.yaml train.epochs=2"
 )
@@ -61,15 +61,15 @@ VENV_BIN = str(Path(sys.executable).parent)
 
 
 def command_line(text: str, *extra: str) -> tuple[dict[str, str], list[str]]:
-    """A README command as (environment, argv): leading NAME=value words go to the environment, ``dist-train``
-    and ``torchrun`` are this environment's (as after ``source .venv/bin/activate``), and ``extra`` words are
-    appended."""
+    """A README command as (environment, argv): leading NAME=value words go to the environment, ``dist-train``,
+    ``dist-torchrun`` and ``torchrun`` are this environment's (as after ``source .venv/bin/activate``), and
+    ``extra`` words are appended."""
     words = shlex.split(text)
     env = {}
     while "=" in words[0] and not words[0].startswith(("-", "/")):
         name, _, value = words.pop(0).partition("=")
         env[name] = value
-    if words[0] in ("dist-train", "torchrun"):
+    if words[0] in ("dist-train", "dist-torchrun", "torchrun"):
         words[0] = str(Path(VENV_BIN) / words[0])
     return env, [*words, *extra]
 
@@ -520,7 +520,7 @@ def test_torchrun_across_two_nodes_restarts_after_a_killed_worker(own_nodes: str
             if (run_dir / "metrics.jsonl").exists():
                 steps = [r for r in read_metrics(run_dir) if r.get("epoch") == 2 and "train/step_loss" in r]
                 workers = set(node_processes(own_nodes, "node1", "dist_train train"))
-                for agent in ("dist_train.torchrun", "bin/torchrun"):  # launch/train.sh's agent, torchrun's
+                for agent in ("dist_train.torchrun", "bin/dist-torchrun"):  # launch/train.sh's agent, dist-torchrun
                     workers -= set(node_processes(own_nodes, "node1", agent))
                 if steps and workers:
                     os.kill(min(workers), signal.SIGKILL)

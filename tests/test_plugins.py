@@ -41,6 +41,14 @@ def raises(num_classes, in_channels, image_size):
     raise ValueError("no weights for this size")
 
 
+def fails_on_rank_1(num_classes, in_channels, image_size):
+    import os
+
+    if os.environ.get("RANK") == "1":
+        raise ValueError("rank 1 has no weights")
+    return build(num_classes, in_channels, image_size)
+
+
 def not_module(**sizes):
     return "a string"
 
@@ -138,6 +146,38 @@ def test_a_bad_plugin_is_one_line_and_writes_nothing(
     assert code == 1 and len(err) == 1 and err[0].startswith("dist-train: error: "), err
     assert fragment in err[0], err[0]
     assert not list(plugin_dir.glob("out/**/*"))  # no run directory, no file
+
+
+@pytest.mark.slow
+def test_nproc_per_node_ends_in_one_line_per_failure(plugin_dir: Path) -> None:
+    """``dist-train train --nproc-per-node 2`` (the documented launch): a factory failing on rank 1 ends in that
+    worker's line and one line of the agent's, exit 1, no traceback; under a launcher the option is refused."""
+    script = Path(sys.executable).parent / "dist-train"
+    args = [
+        "train",
+        "--nproc-per-node",
+        "2",
+        *TINY,
+        "model.width=0",
+        "out_dir=out",
+        "model.name=bad.py:fails_on_rank_1",
+    ]
+    result = subprocess.run([str(script), *args], env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 3, result.stderr[-3000:]  # no traceback, no agent log
+    said = "model.name=bad.py:fails_on_rank_1: the factory raised ValueError: rank 1 has no weights (at "
+    assert sorted(lines[:2]) == [
+        f"[rank 0] dist-train: error: stopped because rank 1 failed: {said}{plugin_dir / 'bad.py'}:24)",
+        f"[rank 1] dist-train: error: {said}{plugin_dir / 'bad.py'}:24)",
+    ], lines
+    assert lines[2].startswith("torchrun: worker rank ") and "(exit status 1, pid " in lines[2], lines
+    inside = subprocess.run(
+        [str(script), *args], env=subprocess_env() | {"LOCAL_RANK": "0"}, capture_output=True, text=True, timeout=60
+    )
+    assert inside.returncode == 1 and inside.stderr.strip() == (
+        "dist-train: error: --nproc-per-node starts processes on this machine, but this is already one process of "
+        "a job (LOCAL_RANK is set): leave the option out and let the launcher start them"
+    ), inside.stderr
 
 
 @pytest.mark.parametrize("command", ["train", "submit"])

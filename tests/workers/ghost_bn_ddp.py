@@ -19,8 +19,9 @@ from dist_train.nn.ghost_bn import convert_to_ghost_bn
 from dist_train.parallel import ddp_buffer_sync
 
 
-def trainer_syncs_buffers(out: Path, ghost_batch_size: int) -> bool:
-    """Whether the Trainer's DDP copies rank 0's buffers each forward, for plain or Ghost BN."""
+def trainer_syncs_buffers(out: Path, ghost_batch_size: int) -> tuple[bool, bool]:
+    """Whether the Trainer's DDP copies rank 0's buffers each forward, for plain or Ghost BN; and whether
+    building it kept this rank's own BN statistics (as a resume restores them)."""
     cfg = load_config(
         None,
         [
@@ -36,8 +37,11 @@ def trainer_syncs_buffers(out: Path, ghost_batch_size: int) -> bool:
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), 0, torch.device("cpu"), "gloo")
     trainer = build_trainer(cfg, ctx)
     trainer.monitor.close()
+    own = next(b for name, b in trainer.module.named_buffers() if name.endswith("running_mean"))
+    own.fill_(float(dist.get_rank() + 1))  # as a resume restores each rank's own statistics
     ddp = trainer.model
-    return bool(getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None)))
+    kept = bool(torch.all(own == dist.get_rank() + 1))
+    return bool(getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None))), kept
 
 
 def main(out: Path) -> None:
@@ -63,8 +67,11 @@ def main(out: Path) -> None:
     average_bn_buffers(model)
     after = {"mean": bn.running_mean.clone(), "var": bn.running_var.clone()}
     weights = model[0].weight.detach().clone()
-    syncs = {"plain": trainer_syncs_buffers(out, 0), "ghost": trainer_syncs_buffers(out, 4)}
-    torch.save({"before": before, "after": after, "weights": weights, "syncs": syncs}, out / f"rank{rank}.pt")
+    (plain, plain_kept), (ghost, ghost_kept) = trainer_syncs_buffers(out, 0), trainer_syncs_buffers(out, 4)
+    syncs, kept = {"plain": plain, "ghost": ghost}, {"plain": plain_kept, "ghost": ghost_kept}
+    torch.save(
+        {"before": before, "after": after, "weights": weights, "syncs": syncs, "kept": kept}, out / f"rank{rank}.pt"
+    )
     dist.destroy_process_group()
 
 
