@@ -107,12 +107,18 @@ def _collective(error: BaseException) -> str:
 
 
 def workers_failed_line(error: ChildFailedError) -> str:
-    """torchrun's line on the workers that failed: the first one, how, and how many in all."""
+    """torchrun's line on the workers that failed: the first one, how, and how many in all (a worker that
+    stopped cleanly on SIGTERM, exit status 143, is said to have stopped)."""
     rank, first = error.get_first_failure()
     killed = first.exitcode < 0
+    stopped = first.exitcode == 128 + signal.SIGTERM
     how = f"killed by {first.signal_name()}" if killed else f"exit status {first.exitcode}"
     others = len(error.failures) - 1
     rest = f"; {others} other worker(s) stopped with it" if others else ""
+    if stopped:
+        return (
+            f"torchrun: worker rank {rank} stopped by SIGTERM first ({how}, pid {first.pid}){rest}; its line is above"
+        )
     said = "" if killed else "; its error is above"
     return f"torchrun: worker rank {rank} failed first ({how}, pid {first.pid}){rest}{said}"
 

@@ -8,8 +8,10 @@ received it. All ranks then stop after the same step, write a checkpoint if ther
 lock is released on the way out, rank 0 prints one line saying where the run stopped and which
 checkpoint it resumes from, and the process exits with status 143 (128 + SIGTERM).
 
-Outside training steps (start-up, evaluation, a checkpoint being written) the signal ends the process
-at once, the way Ctrl-C does: the lock is released and the run resumes from its last checkpoint.
+A signal that comes after an epoch's last step (while its metrics are summed, the model evaluated and its
+checkpoint written) is recorded the same way: the epoch's end completes on every rank, the ranks agree once
+more, and all of them stop there, the checkpoint of that epoch written. Only at start-up does the signal end
+the process at once, the way Ctrl-C does: the lock is released and the run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ class SigtermGuard:
     @contextmanager
     def deferred(self) -> Iterator[None]:
         """While inside, a SIGTERM is only recorded: the training loop polls :class:`StopVote` and stops."""
-        self._deferring = True
+        outer, self._deferring = self._deferring, True
         try:
             yield
         finally:
-            self._deferring = False
+            self._deferring = outer
 
     def seconds_since(self) -> float:
         return 0.0 if self.received_at is None else time.monotonic() - self.received_at
@@ -129,19 +131,26 @@ class StopVote:
         return decided or bool(self.flag.numpy()[0])
 
 
-def checkpoint_on_sigterm(trainer: Trainer, progress: EpochProgress) -> str:
-    """Checkpoint at ``progress`` when the last save fits in what is left of ``checkpoint.sigterm_budget_s``
-    (every rank agrees); the line that says where the run stopped and where it resumes."""
+def checkpoint_on_sigterm(trainer: Trainer, progress: EpochProgress | None) -> str:
+    """Checkpoint at ``progress`` (None: at the end of the epoch just completed, unless its checkpoint is written
+    already) when the last save fits in what is left of ``checkpoint.sigterm_budget_s`` (every rank agrees);
+    the line that says where the run stopped and where it resumes."""
     import torch
     import torch.distributed as dist
 
+    if progress is None:
+        where = f"stopped by SIGTERM at the end of epoch {trainer.epoch} (step {trainer.step})"
+        if trainer.last_save[0] == trainer.step:
+            trainer.monitor.event(trainer.step, "stopped", signal="SIGTERM", checkpoint=True)
+            return f"{where}: checkpoint {trainer.checkpoint_path} written; the run resumes there"
+    else:
+        where = f"stopped by SIGTERM after step {trainer.step} (epoch {trainer.epoch + 1}, step {progress.steps} of it)"
     budget = trainer.cfg.checkpoint.sigterm_budget_s
     left = budget - GUARD.seconds_since()
     last_step, last_seconds = trainer.last_save
     skip = torch.tensor([int(last_seconds > left)], dtype=torch.int32)
     if trainer.ctx.is_distributed:
         dist.all_reduce(skip, group=trainer.ctx.cpu_group)
-    where = f"stopped by SIGTERM after step {trainer.step} (epoch {trainer.epoch + 1}, step {progress.steps} of it)"
     if skip.item():
         trainer.monitor.event(trainer.step, "stopped", signal="SIGTERM", checkpoint=False)
         resumes = f"resumes from step {last_step}" if last_step is not None else "starts again from step 0"

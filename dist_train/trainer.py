@@ -211,32 +211,36 @@ class Trainer:
         for epoch in range(first_epoch, self.total_epochs):
             if self.stop_requested:
                 break
-            result = self.train_epoch(epoch)
-            self.epoch, self.train_loss = epoch + 1, result.loss
-            values = {
-                "train/loss": result.loss,
-                "train/acc": result.accuracy,
-                "train/epoch_time_s": result.seconds,
-                "train/images_per_s": result.images_per_second,
-            }
-            if not math.isfinite(result.loss):
-                self.diverged = True
-                self.stop_requested |= self.cfg.train.stop_on_divergence
-            self._fire("on_epoch_end", values)
-            last = self.epoch == self.total_epochs or self.stop_requested
-            if last or self.epoch % self.cfg.train.eval_every == 0:
-                val_loss, val_accuracy = self.evaluate()
-                self.best_accuracy = max(self.best_accuracy, val_accuracy)
-                values |= {"val/loss": val_loss, "val/acc": val_accuracy}
-            self.monitor.log(self.step, values, epoch=self.epoch)
-            self.monitor.print(epoch_line(self.epoch, self.total_epochs, self.step, values))
-            if self.diverged and self.stop_requested:
-                self.monitor.print(
-                    f"training loss is {result.loss}: the run diverged; stopping (train.stop_on_divergence)"
-                )
-            every = self.cfg.checkpoint.every_epochs
-            if last or (every and self.epoch % every == 0):
-                self.save_checkpoint()
+            # A SIGTERM from here to the epoch's checkpoint is recorded; every rank stops after that checkpoint.
+            with GUARD.deferred():
+                result = self.train_epoch(epoch)
+                self.epoch, self.train_loss = epoch + 1, result.loss
+                values = {
+                    "train/loss": result.loss,
+                    "train/acc": result.accuracy,
+                    "train/epoch_time_s": result.seconds,
+                    "train/images_per_s": result.images_per_second,
+                }
+                if not math.isfinite(result.loss):
+                    self.diverged = True
+                    self.stop_requested |= self.cfg.train.stop_on_divergence
+                self._fire("on_epoch_end", values)
+                last = self.epoch == self.total_epochs or self.stop_requested
+                if last or self.epoch % self.cfg.train.eval_every == 0:
+                    val_loss, val_accuracy = self.evaluate()
+                    self.best_accuracy = max(self.best_accuracy, val_accuracy)
+                    values |= {"val/loss": val_loss, "val/acc": val_accuracy}
+                self.monitor.log(self.step, values, epoch=self.epoch)
+                self.monitor.print(epoch_line(self.epoch, self.total_epochs, self.step, values))
+                if self.diverged and self.stop_requested:
+                    self.monitor.print(
+                        f"training loss is {result.loss}: the run diverged; stopping (train.stop_on_divergence)"
+                    )
+                every = self.cfg.checkpoint.every_epochs
+                if last or (every and self.epoch % every == 0):
+                    self.save_checkpoint()
+                if StopVote(self.ctx.cpu_group, self.ctx.is_distributed).finish(GUARD.received):
+                    raise Terminated(checkpoint_on_sigterm(self, None))
         if self.epoch == first_epoch:  # nothing left to train: report the checkpoint's model
             val_loss, val_accuracy = self.evaluate()
         summary = run_summary(self, val_loss, val_accuracy, time.perf_counter() - started)

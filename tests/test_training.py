@@ -202,6 +202,55 @@ def test_sigkill_of_a_worker_restarts_and_resumes(reference_run_4, tmp_path):
     assert [r["step"] for r in read_metrics(run_dir) if "val/acc" in r] == [16, 32]
 
 
+SIGNAL_IN_EVAL = """
+import os
+import signal
+
+from torch import nn
+
+
+class SignalsInEvaluation(nn.Module):
+    # A linear model whose rank 0, with SIGNAL_IN_EVAL=1, sends itself SIGTERM during its first evaluation.
+
+    def __init__(self, num_classes, in_channels, image_size):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+        self.sent = False
+
+    def forward(self, images):
+        signal_now = os.environ.get("SIGNAL_IN_EVAL") == "1" and os.environ.get("RANK") == "0"
+        if signal_now and not self.training and len(images) > 2 and not self.sent:  # not the factory's probe
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.net(images)
+"""
+
+
+def test_sigterm_after_the_last_step_stops_every_rank_after_the_epoch_checkpoint(tmp_path):
+    """SIGTERM reaching rank 0 alone during the epoch-end evaluation (outside the steps): the evaluation and the
+    epoch's checkpoint complete on both ranks, which then stop together (exit 143) with one line, not a
+    lost-contact error; the run resumes from that epoch and finishes."""
+    (tmp_path / "signals.py").write_text(SIGNAL_IN_EVAL)
+    args = ["train", *TINY, "model.width=0", "model.name=signals.py:SignalsInEvaluation", "out_dir=out", "name=run"]
+    stopped = run_cli(args, nproc=2, cwd=tmp_path, env={"SIGNAL_IN_EVAL": "1"})
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 128 + signal.SIGTERM and "lost contact" not in output, output[-3000:]
+    run_dir = tmp_path / "out" / "run"
+    checkpoint = Path("out", "run", "checkpoints", "last.pt")  # as out_dir was given
+    line = (
+        f"dist-train: stopped by SIGTERM at the end of epoch 1 (step 16): checkpoint {checkpoint} written; "
+        "the run resumes there"
+    )
+    assert stopped.stderr.splitlines()[-2:] == [line, stopped.stderr.splitlines()[-1]], output[-3000:]
+    assert "stopped by SIGTERM first (exit status 143, pid " in stopped.stderr.splitlines()[-1]
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == 16 and state["epoch_progress"] is None
+    assert not (run_dir / ".lock").exists()
+    resumed = run_cli(args, nproc=2, cwd=tmp_path)
+    assert_ok(resumed)
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 32
+
+
 # 64 steps an epoch: long enough to signal the run inside its second epoch.
 LONGER = [*TINY, "data.synthetic_train_size=2048", "train.log_every=1"]
 
