@@ -43,7 +43,7 @@ def train(cfg: Config) -> dict[str, Any]:
     lock is released.
     """
     with catch_sigterm(), distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
-        resolve_data_backend(cfg, ctx.device)
+        resolve_data_backend(cfg)
         run_dir = cfg.run_dir
         lock = agree(lambda: RunLock.acquire(run_dir) if ctx.is_primary else None, undo=release)
         try:

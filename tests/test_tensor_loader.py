@@ -204,26 +204,28 @@ def test_training_run_with_the_tensor_backend(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "device", "backend"),
+    ("overrides", "backend"),
     [
-        ([], "cuda", "tensor"),
-        (["data.dataset=cifar10", "data.root=/data"], "cuda", "tensor"),
-        ([], "cpu", "torch"),
-        (["data.dataset=imagefolder", "data.root=/data"], "cuda", "torch"),
-        (["data.crop=resized"], "cuda", "torch"),
-        (["data.backend=dali"], "cuda", "dali"),
-        (["data.backend=tensor"], "cpu", "tensor"),
+        ([], "tensor"),
+        (["data.dataset=cifar10", "data.root=/data"], "tensor"),
+        (["data.dataset=fashion_mnist", "data.root=/data"], "tensor"),
+        (["data.dataset=imagefolder", "data.root=/data"], "torch"),
+        (["data.dataset=webdataset", "data.root=/data"], "torch"),
+        (["data.crop=resized"], "torch"),
+        (["data.backend=dali"], "dali"),
+        (["data.backend=torch"], "torch"),
     ],
 )
-def test_auto_backend_is_the_tensor_loader_for_in_memory_sets_on_a_gpu(overrides, device, backend):
+def test_auto_backend_is_the_tensor_loader_for_in_memory_sets(overrides, backend):
+    """On a GPU and a CPU alike (bench/peers.py: the DataLoader's per-sample work costs a CPU run 7-37 %)."""
     cfg = load_config(None, overrides)
-    resolve_data_backend(cfg, torch.device(device))
+    resolve_data_backend(cfg)
     assert cfg.data.backend == backend
 
 
 @pytest.mark.slow
 def test_a_run_records_the_backend_auto_chose(tmp_path):
-    """The default (auto) on this CPU trains with the torch DataLoader, and config.yaml says so."""
+    """The default (auto) on this CPU trains the synthetic set with the tensor loader, and config.yaml says so."""
     assert load_config(None, []).data.backend == "auto"
     assert_ok(run_cli(["train", *TINY, "train.epochs=1", f"out_dir={tmp_path}", "name=a"]))
-    assert "backend: torch" in (tmp_path / "a" / "config.yaml").read_text()
+    assert "backend: tensor" in (tmp_path / "a" / "config.yaml").read_text()

@@ -35,8 +35,8 @@ class DataConfig:
     (``pip install .[dali]``; CPU operators when there is no GPU), or ``tensor``: the whole split on the
     training device, augmented a batch at a time by tensor ops (in-memory sets only, not ``imagefolder``).
     All give identical batches (shapes, dtype, layout, sample order); only the random augmentation draws differ.
-    ``auto``: ``tensor`` where it can run on a GPU, else ``torch`` (decided when the run starts, on its device;
-    the run's ``config.yaml`` records the choice)."""
+    ``auto``: ``tensor`` for a built-in in-memory set whose crop it does, on a GPU or a CPU, else ``torch``
+    (decided when the run starts; the run's ``config.yaml`` records the choice)."""
     root: str = ""
     """Dataset directory: the CIFAR python-pickle folder, the (Fashion-)MNIST IDX folder, or an
     ImageFolder tree (``train/`` and optionally ``val/``), or the tar shards of ``dist-train shard``
