@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ def prepare_trainer(
         cfg.run_dir,
         plan.epochs,
         callbacks,
-        loss=F.cross_entropy,
+        loss=partial(F.cross_entropy, label_smoothing=cfg.train.label_smoothing),
     )
     lines, finished = list(resume.lines), False
     if resume.path is not None and resume.state is not None:

@@ -105,7 +105,9 @@ def describe_plan(cfg: Config, given_train_size: int = 0, noise_scale: str | Non
     ``noise_scale`` (a number or a run directory), the steps and samples predicted at other batch sizes."""
     from dist_train.batch_prediction import describe_prediction, given_noise_scale
     from dist_train.data.sizes import train_size
+    from dist_train.optimizers import describe_optimizer
     from dist_train.regime import bn_recompute_plan, format_plan, plan_from_config
+    from dist_train.schedules import describe_schedule
 
     if given_train_size < 0:
         raise ConfigError(f"--train-size must be at least 1, got {given_train_size}")
@@ -113,7 +115,12 @@ def describe_plan(cfg: Config, given_train_size: int = 0, noise_scale: str | Non
     size = train_size(cfg.data, given_train_size)
     header = f"{cfg.name}: {cfg.model.name} on {cfg.data.dataset} ({size.count} training images: {size.source})"
     ghost = f"ghost batch {cfg.bn.ghost_batch_size}" if cfg.bn.ghost_batch_size else "plain BatchNorm"
-    text = f"{header}\n{format_plan(plan_from_config(cfg, size.count))}\nbatch norm: {ghost}"
+    smoothing = f", label smoothing {cfg.train.label_smoothing:g}" if cfg.train.label_smoothing else ""
+    text = (
+        f"{header}\n{format_plan(plan_from_config(cfg, size.count))}\n"
+        f"optimizer: {describe_optimizer(cfg.optim)}; schedule: {describe_schedule(cfg.schedule)}{smoothing}\n"
+        f"batch norm: {ghost}"
+    )
     if cfg.swap.enabled:
         text += f"\n{bn_recompute_plan(cfg, size.count)}"
     return f"{text}\n{prediction}" if prediction else text

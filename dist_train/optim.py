@@ -7,6 +7,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from dist_train.config import OptimConfig
+from dist_train.optimizers import OPTIMIZERS
 from dist_train.schedules import Schedule
 
 __all__ = ["Schedule", "build_optimizer", "build_scheduler", "parameter_groups"]
@@ -34,10 +35,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_bn_and_bias: b
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
     """The configured optimizer; ``lr`` (e.g. a regime plan's) replaces ``cfg.lr`` when given."""
     groups = parameter_groups(model, cfg.weight_decay, cfg.decay_bn_and_bias)
-    lr = cfg.lr if lr is None else lr
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    return OPTIMIZERS[cfg.name].build(groups, cfg.lr if lr is None else lr, cfg)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> LambdaLR:

@@ -13,6 +13,7 @@ from dist_train.config import Config, to_dict
 from dist_train.data.build import resolve_data_backend
 from dist_train.distributed import DistContext, agree, distributed
 from dist_train.jsonio import write_json
+from dist_train.optimizers import check_installed
 from dist_train.rundir import RunLock, write_summary
 from dist_train.stop import catch_sigterm
 from dist_train.swap import train_swap
@@ -42,6 +43,7 @@ def train(cfg: Config) -> dict[str, Any]:
     ends the run cleanly (:mod:`dist_train.stop`): :class:`~dist_train.stop.Terminated` is raised once the
     lock is released.
     """
+    check_installed(cfg.optim.name)  # before any process group or file
     with catch_sigterm(), distributed(cfg.device, cfg.dist.backend, cfg.dist.timeout_s) as ctx:
         resolve_data_backend(cfg)
         run_dir = cfg.run_dir

@@ -38,6 +38,7 @@ class Schedule:
     warmup_start_factor: float
     min_lr_factor: float
     factors: tuple[float, ...] = ()
+    power: float = 2.0
 
     @classmethod
     def shaped(
@@ -59,6 +60,7 @@ class Schedule:
             warmup_start_factor=cfg.warmup_start_factor if warmup_start_factor is None else warmup_start_factor,
             min_lr_factor=cfg.min_lr_factor,
             factors=tuple(cfg.factors),
+            power=cfg.power,
         )
 
     @classmethod
@@ -91,6 +93,12 @@ def _cosine(schedule: Schedule, step: int) -> float:
     return schedule.min_lr_factor + (1 - schedule.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _poly(schedule: Schedule, step: int) -> float:
+    span = max(1, schedule.total_steps - schedule.warmup_steps)
+    remaining = max(0.0, 1.0 - (step - schedule.warmup_steps) / span)
+    return schedule.min_lr_factor + (1 - schedule.min_lr_factor) * remaining**schedule.power
+
+
 @dataclass(frozen=True)
 class ScheduleShape:
     """One schedule: the lr multiplier after the warm-up."""
@@ -109,9 +117,23 @@ SCHEDULES: dict[str, ScheduleShape] = {
         ScheduleShape("constant", _constant, uses_milestones=False),
         ScheduleShape("step", _step, uses_milestones=True),
         ScheduleShape("cosine", _cosine, uses_milestones=False),
+        ScheduleShape("poly", _poly, uses_milestones=False),
     )
 }
 """Every schedule by name (a name outside the table keeps the lr constant)."""
+
+
+def describe_schedule(cfg: ScheduleConfig) -> str:
+    """``schedule``'s shape in words, for the plan (the steps and warm-up are in its table)."""
+    end = f"{cfg.min_lr_factor:g} × lr"
+    shapes = {
+        "constant": "constant",
+        "step": f"step (× {cfg.gamma:g} at each milestone)" if not cfg.factors else "step (factors per milestone)",
+        "cosine": f"cosine to {end}",
+        "poly": f"poly (power {cfg.power:g}) to {end}",
+    }
+    return shapes.get(cfg.name, cfg.name)
+
 
 SCHEDULE_NAMES = tuple(SCHEDULES)
 """``schedule.name``'s choices."""

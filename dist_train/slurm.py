@@ -27,6 +27,7 @@ from dist_train.config import Config
 from dist_train.data.batching import micro_batch_size
 from dist_train.errors import ClusterError, ConfigError, DataError
 from dist_train.failures import failure_line, print_error, rank_prefix
+from dist_train.optimizers import check_installed
 from dist_train.plugins import check_imports, is_import_path
 from dist_train.resume import find_resume
 from dist_train.stop import EXIT_STATUS, Terminated
@@ -149,6 +150,7 @@ def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Conf
     elif cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume checkpoint not found: {cfg.resume}")
     check_imports({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset})
+    check_installed(cfg.optim.name)
     if is_import_path(cfg.model.name):  # what the nodes would refuse of the factory's arguments
         from dist_train.models.plugin import factory_arguments
 

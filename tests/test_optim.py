@@ -1,6 +1,8 @@
 """Optimizer parameter groups and the per-step lr schedule."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,3 +65,72 @@ def test_step_schedule_with_explicit_factors():
     cfg = ScheduleConfig(name="step", milestones=[60, 120, 140], factors=[0.2, 0.04, 0.001])
     schedule = Schedule.from_config(cfg, steps_per_epoch=1, epochs=160)
     assert [schedule(s) for s in (0, 59, 60, 120, 140, 159)] == pytest.approx([1, 1, 0.2, 0.04, 0.001, 0.001])
+
+
+def one_step(cfg: OptimConfig) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One optimizer step of ``small_model`` on a fixed batch: the model after it, its weights and gradients
+    before."""
+    torch.manual_seed(0)
+    model = small_model()
+    loss = model(torch.randn(8, 3, 3, 3)).square().mean()
+    loss.backward()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    build_optimizer(model, cfg).step()
+    return model, before, grads
+
+
+def test_lars_adapts_weights_by_their_trust_ratio_and_leaves_norms_and_biases_plain_sgd():
+    """MLPerf's exclusion (decay_bn_and_bias: false): a conv weight's update is scaled by its trust ratio
+    η|w| / (|g| + wd|w| + eps); a BN weight's is momentum SGD's first step, -lr·g."""
+    pytest.importorskip("timm", reason="LARS is timm's (pip install 'dist_train[timm]')")
+    cfg = OptimConfig(name="lars", lr=0.5, weight_decay=0.01, decay_bn_and_bias=False)
+    cfg.lars.trust_coefficient = 0.02
+    model, before, grads = one_step(cfg)
+    after = dict(model.named_parameters())
+    w, g = before["0.weight"], grads["0.weight"]
+    trust = 0.02 * w.norm() / (g.norm() + 0.01 * w.norm() + cfg.lars.eps)
+    torch.testing.assert_close(after["0.weight"], w - 0.5 * trust * (g + 0.01 * w))
+    for name in ("1.weight", "1.bias", "0.bias", "3.bias"):
+        torch.testing.assert_close(after[name], before[name] - 0.5 * grads[name])
+    assert not torch.allclose(after["0.weight"], w - 0.5 * g)  # the adaptation did something
+
+
+def test_lamb_leaves_norms_and_biases_out_of_the_trust_ratio():
+    """LAMB's first step on an excluded parameter is Adam's, lr·g/(|g| + eps) elementwise; on a decayed weight
+    it is that update (plus the decay) scaled to the weight's norm, |w| / |update|."""
+    pytest.importorskip("timm", reason="LAMB is timm's (pip install 'dist_train[timm]')")
+    cfg = OptimConfig(name="lamb", lr=0.01, weight_decay=0.1, decay_bn_and_bias=False)
+    cfg.lamb.max_grad_norm = 0.0  # no global clipping: the formula below is the update alone
+    model, before, grads = one_step(cfg)
+    after = dict(model.named_parameters())
+    for name in ("1.weight", "1.bias"):
+        adam = grads[name] / (grads[name].abs() + cfg.lamb.eps)
+        torch.testing.assert_close(after[name], before[name] - 0.01 * adam)
+    w, g = before["0.weight"], grads["0.weight"]
+    update = g / (g.abs() + cfg.lamb.eps) + 0.1 * w
+    torch.testing.assert_close(after["0.weight"], w - 0.01 * (w.norm() / update.norm()) * update)
+
+
+def test_a_missing_timm_is_one_line_naming_the_extra(tmp_path):
+    """Without timm installed (hidden from the import system), optim.name=lars is refused in one line."""
+    code = (
+        "import sys; sys.modules['timm'] = None\n"
+        "from dist_train.cli import main\n"
+        "sys.exit(main(['train', 'optim.name=lars', 'train.epochs=1', 'data.synthetic_train_size=256', "
+        "'data.num_workers=0', 'out_dir=' + sys.argv[1]]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "dist-train: error: optim.name=lars needs timm, which is not installed: pip install 'dist_train[timm]' "
+        "(or timm)"
+    ], result.stderr
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_poly_schedule_decays_to_its_floor_with_its_power():
+    cfg = ScheduleConfig(name="poly", warmup_steps=10, power=2.0, min_lr_factor=0.01)
+    schedule = Schedule.from_config(cfg, steps_per_epoch=10, epochs=11)
+    assert schedule(5) == pytest.approx(0.5) and schedule(10) == 1.0
+    assert schedule(60) == pytest.approx(0.01 + 0.99 * 0.25)  # halfway: (1 - 1/2)^2
+    assert schedule(110) == pytest.approx(0.01)

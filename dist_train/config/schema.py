@@ -15,6 +15,7 @@ from dist_train.config.ranges import SEED_MAX, bounded, limits
 from dist_train.data.backends import BACKENDS
 from dist_train.data.catalog import CATALOG
 from dist_train.lr_rules import LR_RULE_NAMES
+from dist_train.optimizers import OPTIMIZER_NAMES
 from dist_train.schedules import SCHEDULE_NAMES, WITHOUT_MILESTONES
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
@@ -118,11 +119,41 @@ class ModelConfig:
 
 
 @dataclass
+class LarsConfig:
+    """LARS (You, Gitman & Ginsburg 2017; timm's ``Lars``, after apex's LARC): each parameter's lr is scaled by
+    its trust ratio ``trust_coefficient·|w| / (|g| + weight_decay·|w| + eps)``."""
+
+    trust_coefficient: float = bounded(0.001, low=0.0, low_open=True)
+    """η of the trust ratio (0.001 in the paper and MLPerf)."""
+    eps: float = bounded(1e-8, low=0.0)
+    """Added to the trust ratio's denominator."""
+    trust_clip: bool = False
+    """LARC clipping: the trust ratio divided by the lr, at most 1 (the adapted lr never exceeds the lr)."""
+
+
+@dataclass
+class LambConfig:
+    """LAMB (You et al. 2019; timm's ``Lamb``, after apex's FusedLAMB): Adam's update scaled per parameter by the
+    trust ratio |w| / |update|."""
+
+    eps: float = bounded(1e-6, low=0.0, low_open=True)
+    """Adam's epsilon."""
+    max_grad_norm: float = bounded(1.0, low=0.0)
+    """Clip the global gradient norm to this before the update, as FusedLAMB does (0: no clipping)."""
+    decoupled_decay: bool = False
+    """Decay the weights apart from the update (AdamW style) instead of adding the decay to it."""
+    trust_clip: bool = False
+    """Clip the trust ratio at 1."""
+
+
+@dataclass
 class OptimConfig:
     """The optimizer."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
-    """SGD (with ``momentum``, ``nesterov``) or AdamW (with ``betas``)."""
+    name: Literal[OPTIMIZER_NAMES] = "sgd"
+    """SGD (with ``momentum``, ``nesterov``), AdamW (with ``betas``), LARS (``momentum``, ``nesterov``,
+    ``optim.lars``) or LAMB (``betas``, ``optim.lamb``); LARS and LAMB are timm's
+    (``pip install 'dist_train[timm]'``), see :mod:`dist_train.optimizers`."""
     lr: float = bounded(0.1, low=0.0, low_open=True)
     """Peak learning rate (reached after warm-up)."""
     momentum: float = bounded(0.9, low=0.0, high=1.0)
@@ -134,9 +165,14 @@ class OptimConfig:
     betas: list[float] = field(
         default_factory=lambda: [0.9, 0.999], metadata=limits(0.0, 1.0, high_open=True, length=2)
     )
-    """AdamW betas."""
+    """AdamW and LAMB betas."""
     decay_bn_and_bias: bool = True
-    """Apply weight decay to BatchNorm parameters and biases too (false excludes them)."""
+    """Apply weight decay to BatchNorm parameters and biases too (false excludes them, and with LARS and LAMB
+    also from the trust ratio: their update is plain momentum SGD or Adam, as in MLPerf)."""
+    lars: LarsConfig = field(default_factory=LarsConfig)
+    """LARS's own knobs (``optim.name: lars``)."""
+    lamb: LambConfig = field(default_factory=LambConfig)
+    """LAMB's own knobs (``optim.name: lamb``)."""
 
 
 @dataclass
@@ -144,7 +180,8 @@ class ScheduleConfig:
     """The learning-rate schedule, per optimizer step."""
 
     name: Literal[SCHEDULE_NAMES] = "step"
-    """constant lr, ``step`` decays at ``milestones``, or ``cosine`` annealing to ``min_lr_factor``·lr."""
+    """constant lr, ``step`` decays at ``milestones``, ``cosine`` annealing to ``min_lr_factor``·lr, or ``poly``
+    decay to it with exponent ``power``."""
     milestones: list[float] = field(default_factory=list, metadata=limits(low=0.0))
     """Epochs at which ``step`` multiplies the lr by ``gamma``."""
     gamma: float = bounded(0.1, low=0.0, low_open=True)
@@ -159,7 +196,10 @@ class ScheduleConfig:
     warmup_start_factor: float = bounded(0.0, low=0.0, high=1.0)
     """The warm-up's first lr as a fraction of the peak lr."""
     min_lr_factor: float = bounded(0.0, low=0.0, high=1.0)
-    """Final lr of ``cosine`` as a fraction of the peak lr."""
+    """Final lr of ``cosine`` and ``poly`` as a fraction of the peak lr."""
+    power: float = bounded(2.0, low=0.0, low_open=True)
+    """The exponent of ``poly``: lr·(end + (1 − end)·(1 − t)^power) after the warm-up, t going from 0 to 1
+    (2 in MLPerf's LARS recipes)."""
 
 
 @dataclass
@@ -187,6 +227,9 @@ class TrainConfig:
     (:mod:`dist_train.techniques.rank_health`)."""
     deterministic: bool = False
     """Ask for deterministic kernels (cuDNN); CPU runs are deterministic anyway."""
+    label_smoothing: float = bounded(0.0, low=0.0, high=1.0, high_open=True)
+    """Label smoothing of the training loss (0.1 in the large-batch ImageNet recipes); the validation loss is
+    plain cross-entropy, so that runs with and without it compare."""
     stop_on_divergence: bool = True
     """End the run after an epoch whose training loss is not finite (``diverged`` in summary.json):
     a sweep's too-large learning rates then cost one epoch each, not a whole run."""
