@@ -3,9 +3,11 @@
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from conftest import REPO, TINY, assert_ok, load_weights, run_cli, subprocess_env
 from torch import nn
 
 from dist_train.config import OptimConfig, ScheduleConfig
@@ -134,3 +136,44 @@ def test_poly_schedule_decays_to_its_floor_with_its_power():
     assert schedule(5) == pytest.approx(0.5) and schedule(10) == 1.0
     assert schedule(60) == pytest.approx(0.01 + 0.99 * 0.25)  # halfway: (1 - 1/2)^2
     assert schedule(110) == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_lars_and_lamb_resume_exactly_from_a_mid_epoch_checkpoint(tmp_path, name):
+    """A run killed after a step checkpoint resumes with the optimizer's state (momentum buffers, Adam moments)
+    and ends with the weights of a run never stopped, bit for bit (poly decay with warm-up, label smoothing)."""
+    pytest.importorskip("timm", reason="LARS and LAMB are timm's (pip install 'dist_train[timm]')")
+    args = [
+        "train",
+        *TINY,
+        "data.synthetic_train_size=2048",
+        f"optim.name={name}",
+        "optim.lr=0.02" if name == "lamb" else "optim.lr=2.0",
+        "optim.decay_bn_and_bias=false",
+        "schedule.name=poly",
+        "schedule.warmup_epochs=0.5",
+        "train.label_smoothing=0.1",
+        "checkpoint.every_steps=10",
+        f"out_dir={tmp_path}",
+    ]
+    assert_ok(run_cli([*args, "name=straight"]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dist_train", *args, "name=cut"],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    state = torch.load(last, weights_only=True)
+    assert state["epoch_progress"] is not None and state["optimizer"]["state"]  # its buffers are in it
+    assert_ok(run_cli(["unlock", str(tmp_path / "cut")]))
+    assert_ok(run_cli([*args, "name=cut"]))
+    for key, tensor in load_weights(tmp_path / "straight").items():
+        assert torch.equal(tensor, load_weights(tmp_path / "cut")[key]), key
