@@ -151,6 +151,10 @@ def prepare(cfg: Config, options: SlurmOptions, check_data: bool = True) -> Conf
         raise ConfigError(f"resume checkpoint not found: {cfg.resume}")
     check_imports({"model.name": cfg.model.name, "data.dataset": cfg.data.dataset})
     check_installed(cfg.optim.name)
+    if cfg.model.name.startswith("timm/"):  # an unknown timm name, or timm missing, would fail on the nodes
+        from dist_train.models.timm_models import check_timm_name
+
+        check_timm_name(cfg.model.name, cfg.model.width)
     if is_import_path(cfg.model.name):  # what the nodes would refuse of the factory's arguments
         from dist_train.models.plugin import factory_arguments
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
+from conftest import TINY, assert_ok, run_cli
 from torch import nn
 
 from dist_train.errors import ConfigError
@@ -107,3 +111,26 @@ def test_available_models_lists_project_names() -> None:
     assert {"mnist_f1", "c1", "resnet20", "resnet110"} <= set(names)
     assert any(entry.startswith("wrn{depth}_{k}") for entry in names)
     assert any("torchvision" in entry for entry in names)
+
+
+def test_timm_models_by_name_follow_the_factory_contract() -> None:
+    """``timm/<name>``: num_classes and in_channels (timm's in_chans) applied; a bad name names the closest."""
+    pytest.importorskip("timm", reason="timm's models need the timm extra")
+    model = build_model("timm/test_resnet", num_classes=7, in_channels=1, image_size=28)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    with pytest.raises(ConfigError, match=r"unknown timm model 'timm/resnet5O'; closest: timm/resnet50"):
+        build_model("timm/resnet5O", num_classes=10)
+    with pytest.raises(ConfigError, match=r"model.width does not apply to timm/test_resnet: add model.width=0"):
+        build_model("timm/test_resnet", num_classes=10, width=16)
+
+
+@pytest.mark.slow
+def test_a_timm_model_trains_on_two_ranks_with_ghost_bn_lars_and_channels_last(tmp_path) -> None:
+    pytest.importorskip("timm", reason="timm's models need the timm extra")
+    args = ["train", *TINY, "model.name=timm/test_resnet", "model.width=0", "bn.ghost_batch_size=8"]
+    args += ["optim.name=lars", "optim.decay_bn_and_bias=false", "train.channels_last=true", "train.epochs=1"]
+    result = run_cli([*args, f"out_dir={tmp_path}", "name=timm"], nproc=2)
+    assert_ok(result)
+    assert re.search(r"timm/test_resnet \(374k params\).*ghost BN 8 in \d+ BatchNorm2d layers", result.stdout)
+    summary = json.loads((tmp_path / "timm" / "summary.json").read_text())
+    assert summary["steps"] == 512 // 32 and summary["ghost_bn_layers"]

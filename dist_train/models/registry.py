@@ -13,6 +13,7 @@ from dist_train.models.cnn import C1
 from dist_train.models.mlp import MnistF1
 from dist_train.models.plugin import build_plugin_model
 from dist_train.models.resnet_cifar import DEPTHS, CifarResNet
+from dist_train.models.timm_models import build_timm_model, is_timm_name
 from dist_train.models.torchvision_models import build_torchvision_model, classification_names
 from dist_train.models.wide_resnet import WideResNet
 from dist_train.plugins import is_import_path
@@ -29,6 +30,7 @@ def available_models() -> list[str]:
         *PROJECT_MODELS,
         f"{WRN_PATTERN} (depth - 4 divisible by 6, e.g. wrn16_4, wrn28_10)",
         "any torchvision classification model, e.g. resnet18 (torchvision.models.list_models())",
+        "any timm model as timm/<name>, e.g. timm/resnet50 (timm.list_models(); model.kwargs go to it)",
         "a factory by import path: my_pkg.nets:build or path/to/nets.py:build (model.kwargs are its arguments)",
     ]
 
@@ -77,6 +79,8 @@ def build_model(
     _check_positive(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     if is_import_path(name):
         return build_plugin_model(name, dict(kwargs or {}), num_classes, in_channels, image_size, width)
+    if is_timm_name(name):
+        return build_timm_model(name, num_classes, in_channels, width, dict(kwargs or {}))
     if kwargs:
         raise ConfigError(f"model.kwargs apply to a model factory (model.name: module:attr), not to {name!r}")
     if isinstance(width, bool) or not isinstance(width, int) or width < 0:
