@@ -163,3 +163,9 @@ def checkpoint_on_sigterm(trainer: Trainer, progress: EpochProgress | None) -> s
     return (
         f"{where}: checkpoint {trainer.checkpoint_path} written in {trainer.last_save[1]:.1f} s; the run resumes there"
     )
+
+
+def stop_at_epoch_end(trainer: Trainer) -> None:
+    """After an epoch's evaluation and checkpoint: every rank stops there if any got SIGTERM since the last vote."""
+    if StopVote(trainer.ctx.cpu_group, trainer.ctx.is_distributed).finish(GUARD.received):
+        raise Terminated(checkpoint_on_sigterm(trainer, None))

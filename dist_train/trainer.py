@@ -32,7 +32,7 @@ from dist_train.grad_clip import clip_gradients
 from dist_train.monitor import Monitor, epoch_line, run_summary
 from dist_train.nn.bn_buffers import averaged_bn_buffers
 from dist_train.parallel import parallelize
-from dist_train.stop import GUARD, StopVote, Terminated, checkpoint_on_sigterm
+from dist_train.stop import GUARD, StopVote, Terminated, checkpoint_on_sigterm, stop_at_epoch_end
 from dist_train.train_state import EpochProgress, seed_everything, set_rng_state
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -45,6 +45,10 @@ class EpochResult:
     accuracy: float
     seconds: float
     images_per_second: float
+
+    def metrics(self) -> dict[str, float]:
+        names = ("train/loss", "train/acc", "train/epoch_time_s", "train/images_per_s")
+        return dict(zip(names, (self.loss, self.accuracy, self.seconds, self.images_per_second), strict=True))
 
 
 class Trainer:
@@ -74,15 +78,13 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.wrap = wrap or partial(parallelize, cfg=cfg, ctx=ctx, warn=lambda line: self.monitor.print(line))
         """The module as trained (DDP, torch.compile): applied at the first training step (a collective)."""
-        self.epoch = 0  # completed epochs
-        self.step = 0  # optimizer steps taken
+        self.epoch, self.step = 0, 0  # completed epochs, optimizer steps taken
         self.best_accuracy = 0.0
         self.stop_requested = False  # set by a callback to end training after the current epoch
         self.diverged = False  # an epoch's training loss was not finite
         self._partial: EpochProgress | None = None  # where a mid-epoch checkpoint left the current epoch
         self.last_save: tuple[int | None, float] = (None, 0.0)  # the step of this process's last checkpoint, seconds
-        self.train_loss = float("nan")  # of the last epoch trained
-        self._wrapped: nn.Module | None = None
+        self.train_loss, self._wrapped = float("nan"), None  # of the last epoch trained; the module as trained
         self.step_guard: Callable[[], Any] = nullcontext
         """Entered around each step and the summing of its metrics (e.g. :class:`~dist_train.debug.HostReadCounter`)."""
 
@@ -215,12 +217,7 @@ class Trainer:
             with GUARD.deferred():
                 result = self.train_epoch(epoch)
                 self.epoch, self.train_loss = epoch + 1, result.loss
-                values = {
-                    "train/loss": result.loss,
-                    "train/acc": result.accuracy,
-                    "train/epoch_time_s": result.seconds,
-                    "train/images_per_s": result.images_per_second,
-                }
+                values = result.metrics()
                 if not math.isfinite(result.loss):
                     self.diverged = True
                     self.stop_requested |= self.cfg.train.stop_on_divergence
@@ -239,8 +236,7 @@ class Trainer:
                 every = self.cfg.checkpoint.every_epochs
                 if last or (every and self.epoch % every == 0):
                     self.save_checkpoint()
-                if StopVote(self.ctx.cpu_group, self.ctx.is_distributed).finish(GUARD.received):
-                    raise Terminated(checkpoint_on_sigterm(self, None))
+                stop_at_epoch_end(self)
         if self.epoch == first_epoch:  # nothing left to train: report the checkpoint's model
             val_loss, val_accuracy = self.evaluate()
         summary = run_summary(self, val_loss, val_accuracy, time.perf_counter() - started)
