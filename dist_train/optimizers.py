@@ -6,9 +6,9 @@ A leaf module (torch and timm are imported by the builders only): the config's c
 decay is 0), the peak lr and the ``optim`` section.
 
 LARS and LAMB are timm's (``pip install 'dist_train[timm]'``): timm's ``Lars`` follows apex's LARC, its
-``Lamb`` apex's FusedLAMB. Both adapt the lr of a parameter group only where its weight decay is not 0, so
-the group of norm layers and biases is left out of the trust ratio as well as the weight decay, as MLPerf's
-ResNet-50 submissions do: its update is plain momentum SGD (LARS) or Adam (LAMB).
+``Lamb`` apex's FusedLAMB. With ``decay_bn_and_bias: false`` the group of norm layers and biases is left out
+of the trust ratio as well as the weight decay, as MLPerf's ResNet-50 submissions do: its update is plain
+momentum SGD (LARS) or Adam (LAMB). Every other parameter is adapted, with or without weight decay.
 """
 
 from __future__ import annotations
@@ -67,10 +67,18 @@ def check_installed(name: str) -> None:
             raise _missing_timm(name)
 
 
+def adapted(groups: Groups, cfg: OptimConfig) -> Groups:
+    """The groups with timm's ``always_adapt`` set: every parameter gets the trust ratio but, with
+    ``decay_bn_and_bias: false``, the group of norms and biases (the second), whatever the weight decay (timm
+    would otherwise adapt only where it is not 0, and nothing at all with ``weight_decay: 0``)."""
+    exempt = 1 if not cfg.decay_bn_and_bias else None
+    return [dict(group, always_adapt=index != exempt) for index, group in enumerate(groups)]
+
+
 def _lars(groups: Groups, lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
     lars = cfg.lars
     return timm_optim("lars").Lars(
-        groups,
+        adapted(groups, cfg),
         lr=lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
@@ -83,7 +91,7 @@ def _lars(groups: Groups, lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
 def _lamb(groups: Groups, lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
     lamb = cfg.lamb
     return timm_optim("lamb").Lamb(
-        groups,
+        adapted(groups, cfg),
         lr=lr,
         betas=tuple(cfg.betas),
         eps=lamb.eps,

@@ -96,6 +96,11 @@ def test_lars_adapts_weights_by_their_trust_ratio_and_leaves_norms_and_biases_pl
     for name in ("1.weight", "1.bias", "0.bias", "3.bias"):
         torch.testing.assert_close(after[name], before[name] - 0.5 * grads[name])
     assert not torch.allclose(after["0.weight"], w - 0.5 * g)  # the adaptation did something
+    cfg.weight_decay = 0.0  # without weight decay the weights are still adapted (timm alone would not)
+    model, before, grads = one_step(cfg)
+    w, g = before["0.weight"], grads["0.weight"]
+    trust = 0.02 * w.norm() / (g.norm() + cfg.lars.eps)
+    torch.testing.assert_close(dict(model.named_parameters())["0.weight"], w - 0.5 * trust * g)
 
 
 def test_lamb_leaves_norms_and_biases_out_of_the_trust_ratio():
