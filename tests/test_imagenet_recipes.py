@@ -31,9 +31,14 @@ TOTAL_UPDATES = {
 """The updates each plans over ImageNet's 1,281,167 training images."""
 
 
+PLAN = "dist-train plan --config configs/imagenet_resnet50_lars_32k.yaml --train-size 1281167"
+"""The plan shown in docs/papers/large-batch-optimizers.md, run as written by test_plan_without_data."""
+
+
 @pytest.mark.parametrize("name", RECIPES)
 def test_plan_without_data(name: str) -> None:
-    result = run_cli(["plan", "--config", f"configs/{name}.yaml", "--train-size", "1281167"])
+    words = PLAN.replace("imagenet_resnet50_lars_32k", name).split()
+    result = run_cli(words[1:])
     assert_ok(result)
     assert RECIPES[name] in result.stdout and TOTAL_UPDATES[name] in result.stdout, result.stdout
 
