@@ -27,7 +27,7 @@ from gap_mnist import variant_overrides
 
 STEM = "lars_fashion_mnist_c1"
 ADAPTIVE = ["large", "optim.decay_bn_and_bias=false", "schedule.name=poly", "schedule.warmup_epochs=2"]
-SWEEPS = {"lars": (2.0, 8.0, 32.0), "lamb": (0.005, 0.02, 0.08)}
+SWEEPS = {"lars": (2.0, 8.0, 32.0), "lamb": (0.005, 0.02, 0.08, 0.32)}
 """The learning rates tried on seed 0 (LARS's trust coefficient 0.001 makes its lr large)."""
 GAP_ROWS = ("SB", "LB", "LB+LR", "LB+LR+GBN", "LB+LR+GBN+RA")
 
