@@ -35,8 +35,8 @@ from dist_train.parallel import parallelize
 from dist_train.stop import GUARD, StopVote, Terminated, checkpoint_on_sigterm, stop_at_epoch_end
 from dist_train.train_state import EpochProgress, seed_everything, set_rng_state
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss(logits, labels)``: the mean training loss of a micro-batch."""
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # loss(logits, labels): a micro-batch's mean loss
+LAYOUTS = (torch.contiguous_format, torch.channels_last)  # the input layout by train.channels_last
 
 
 @dataclass
@@ -106,8 +106,8 @@ class Trainer:
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.ctx.device, non_blocking=True)
-        if self.cfg.train.channels_last and images.dim() == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
+        if images.dim() == 4:  # the layout asked for, whatever the loader's (DALI may hand NHWC-strided batches)
+            images = images.contiguous(memory_format=LAYOUTS[self.cfg.train.channels_last])
         return images, labels.to(self.ctx.device, non_blocking=True)
 
     def _fire(self, event: str, *args: Any) -> None:

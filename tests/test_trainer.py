@@ -178,3 +178,16 @@ def test_host_read_counter_sees_every_kind_of_read():
     assert names == ["item", "tolist", "__float__", "__int__", "cpu", "numpy", "__format__", "__bool__"]
     assert {label for label, _ in counter.reads} == {"here"}
     assert all("test_trainer.py" in where for _, where in counter.reads)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_model_gets_the_configured_layout_whatever_the_loader_hands(channels_last):
+    """An NHWC-strided batch (as DALI may hand one) reaches the model contiguous, or channels_last when asked:
+    a layout the model's parameters do not share makes DDP's gradient buckets copy (torch's "Grad strides do
+    not match bucket view strides" warning)."""
+    trainer = linear_trainer(1, 32, f"train.channels_last={str(channels_last).lower()}")
+    nhwc = torch.randn(4, 6, 6, 3).permute(0, 3, 1, 2)  # N, C, H, W with channels-last strides
+    wanted = torch.channels_last if channels_last else torch.contiguous_format
+    for given in (nhwc, nhwc.contiguous()):
+        images, _ = trainer.to_device(given, torch.zeros(4, dtype=torch.long))
+        assert images.is_contiguous(memory_format=wanted) and torch.equal(images, given)
