@@ -247,6 +247,8 @@ def launch_here(args: argparse.Namespace) -> NoReturn:
             "--nproc-per-node starts processes on this machine, but this is already one process of a job "
             "(LOCAL_RANK is set): leave the option out and let the launcher start them"
         )
+    # torchrun's own default (one thread per process), set so that it does not print its 4-line notice.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     config = ["--config", args.config] if args.config else []
     command = local_torchrun(args.nproc_per_node, "-m", "dist_train", "train", *config, *args.overrides)
     sys.stdout.flush()
