@@ -182,3 +182,18 @@ def test_lars_and_lamb_resume_exactly_from_a_mid_epoch_checkpoint(tmp_path, name
     assert_ok(run_cli([*args, "name=cut"]))
     for key, tensor in load_weights(tmp_path / "straight").items():
         assert torch.equal(tensor, load_weights(tmp_path / "cut")[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_lars_and_lamb_on_a_plugin_model_over_two_ranks_resume_to_the_uninterrupted_weights(tmp_path, name):
+    """2 ranks, a plug-in model: 1 epoch, then a resume for the 2nd, ends with the weights of 2 epochs straight."""
+    pytest.importorskip("timm", reason="LARS and LAMB are timm's (pip install 'dist_train[timm]')")
+    args = ["train", *TINY, f"optim.name={name}", "optim.decay_bn_and_bias=false", "model.width=8"]
+    args += ["model.name=examples/own_model/nets.py:build", "schedule.name=constant", "schedule.warmup_steps=4"]
+    args += ["optim.lr=0.01" if name == "lamb" else "optim.lr=1.0", f"out_dir={tmp_path}"]
+    assert_ok(run_cli([*args, "name=straight"], nproc=2))
+    assert_ok(run_cli([*args, "name=split", "train.epochs=1"], nproc=2))
+    assert_ok(run_cli([*args, "name=split", "on_config_change=continue"], nproc=2))
+    for key, tensor in load_weights(tmp_path / "straight").items():
+        assert torch.equal(tensor, load_weights(tmp_path / "split")[key]), key
