@@ -48,6 +48,7 @@ LAYOUT = {
     "Ranks": {
         "seconds per step": ["Multiline", [r"^ranks/step_s/rank\d+$"]],
         "seconds per step waiting for data": ["Multiline", [r"^ranks/data_wait_s/rank\d+$"]],
+        "seconds per step waiting for the other ranks": ["Multiline", [r"^ranks/sync_wait_s/rank\d+$"]],
         "images/s": ["Multiline", [r"^ranks/images_per_s/rank\d+$"]],
         "peak GPU memory (GB)": ["Multiline", [r"^ranks/peak_memory_gb/rank\d+$"]],
     },
