@@ -11,6 +11,7 @@ and the gradient noise scale.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,8 @@ def labelled_rows(grid: torch.Tensor, names: Sequence[str], scale: int = 3, marg
     picture = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     row_height = picture.height / max(len(names), 1)
-    font = ImageFont.load_default(size=max(10, min(16, int(row_height * 0.5))))
+    # A third of a row: still legible when TensorBoard shrinks the picture to the width of its card.
+    font = ImageFont.load_default(size=max(10, min(40, int(row_height * 0.33))))
     width = max((int(font.getlength(name)) for name in names), default=0) + 2 * margin
     canvas = Image.new("RGB", (width + picture.width, picture.height), "white")
     canvas.paste(picture, (width, 0))
@@ -127,7 +129,8 @@ def hosts_table(ctx: DistContext) -> str:
 
 def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, samples: int = 8) -> torch.Tensor:
     """A picture of the training input: a row per sample, its ``copies`` augmented views side by side and
-    its class name on the left."""
+    its class name on the left; the rows in as many columns as make the picture wider than tall (it is
+    shown shrunk to the width of a TensorBoard card)."""
     from torchvision.utils import make_grid  # torchvision only for the picture, not for the layout tables
 
     images, labels = next(iter(loader.epoch(0)))
@@ -138,7 +141,33 @@ def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, s
         index = view * micro_batch + sample
     picked = images[index.reshape(-1)]
     low, high = picked.amin(dim=(1, 2, 3), keepdim=True), picked.amax(dim=(1, 2, 3), keepdim=True)
-    grid = make_grid((picked - low) / (high - low).clamp(min=1e-6), nrow=copies, padding=1)
+    picked = ((picked - low) / (high - low).clamp(min=1e-6)).view(*index.shape, *picked.shape[1:])
     names = getattr(loader.dataset, "classes", ())
     rows = [int(labels[i]) for i in index[:, 0].tolist()]
-    return labelled_rows(grid, [names[r] if r < len(names) else str(r) for r in rows])
+    titles = [names[r] if r < len(names) else str(r) for r in rows]
+    per_column = math.ceil(len(rows) / grid_columns(len(rows), copies))
+    blocks = [
+        labelled_rows(
+            make_grid(picked[i : i + per_column].flatten(0, 1), nrow=copies, padding=1), titles[i : i + per_column]
+        )
+        for i in range(0, len(rows), per_column)
+    ]
+    return side_by_side(blocks)
+
+
+def grid_columns(rows: int, copies: int) -> int:
+    """The fewest columns of rows (each ``copies`` pictures and a name about two pictures wide) that make the
+    grid at least as wide as it is tall."""
+    return next(c for c in range(1, rows + 1) if c * (copies + 2) >= math.ceil(rows / c))
+
+
+def side_by_side(blocks: Sequence[torch.Tensor], gap: int = 12) -> torch.Tensor:
+    """3×H×W pictures in [0, 1] next to each other, top-aligned on white, ``gap`` pixels apart."""
+    height = max(block.shape[1] for block in blocks)
+    width = sum(block.shape[2] for block in blocks) + gap * (len(blocks) - 1)
+    canvas = torch.ones(3, height, width)
+    left = 0
+    for block in blocks:
+        canvas[:, : block.shape[1], left : left + block.shape[2]] = block
+        left += block.shape[2] + gap
+    return canvas

@@ -179,8 +179,9 @@ def test_dali_batch_augmentation_learns_with_two_processes(tmp_path, dali):
     events.Reload()
     assert "augment/views" in events.Tags()["images"]
     grid = events.Images("augment/views")[0]
-    # 8 samples × 4 views of 32 px, 1 px padding, shown 3 times larger, with the class names to the left
-    assert grid.height == 3 * (8 * 33 + 1) and grid.width > 3 * (4 * 33 + 1)
+    # 8 samples in 2 columns of 4 rows, each 4 views of 32 px, 1 px padding, shown 3 times larger, with the class
+    # names to the left: wider than tall, as a TensorBoard card shows it
+    assert grid.height == 3 * (4 * 33 + 1) and grid.width > 2 * 3 * (4 * 33 + 1)
 
 
 @pytest.mark.slow
