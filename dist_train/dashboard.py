@@ -145,20 +145,18 @@ def view_grid(loader: TrainLoader, copies: int, micro_batch: int, layout: str, s
     names = getattr(loader.dataset, "classes", ())
     rows = [int(labels[i]) for i in index[:, 0].tolist()]
     titles = [names[r] if r < len(names) else str(r) for r in rows]
-    per_column = math.ceil(len(rows) / grid_columns(len(rows), copies))
-    blocks = [
-        labelled_rows(
-            make_grid(picked[i : i + per_column].flatten(0, 1), nrow=copies, padding=1), titles[i : i + per_column]
-        )
-        for i in range(0, len(rows), per_column)
-    ]
-    return side_by_side(blocks)
-
-
-def grid_columns(rows: int, copies: int) -> int:
-    """The fewest columns of rows (each ``copies`` pictures and a name about two pictures wide) that make the
-    grid at least as wide as it is tall."""
-    return next(c for c in range(1, rows + 1) if c * (copies + 2) >= math.ceil(rows / c))
+    for columns in range(1, len(rows) + 1):  # the fewest columns that make the picture at least as wide as tall
+        per_column = math.ceil(len(rows) / columns)
+        blocks = [
+            labelled_rows(
+                make_grid(picked[i : i + per_column].flatten(0, 1), nrow=copies, padding=1), titles[i : i + per_column]
+            )
+            for i in range(0, len(rows), per_column)
+        ]
+        grid = side_by_side(blocks)
+        if grid.shape[2] >= grid.shape[1]:
+            break
+    return grid
 
 
 def side_by_side(blocks: Sequence[torch.Tensor], gap: int = 12) -> torch.Tensor:
